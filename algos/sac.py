@@ -1,0 +1,1 @@
+sac_continuous.py

@@ -1,0 +1,728 @@
+# SAC for continuous actions, with exact step accounting and torchrun scaling.
+# Paper: Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications" (arXiv:1812.05905).
+# Follows CleanRL's sac_continuous_action.py (defaults, networks, delayed policy updates, entropy tuning);
+# docs: algos/sac_continuous.md. Step vocabulary and ledger: DESIGN.md.
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from gymnasium.vector import AutoresetMode
+from tqdm import tqdm
+
+from steprl.utils import (
+    ExactRatio,
+    Steps,
+    all_gather,
+    all_reduce_grads,
+    all_sum,
+    broadcast,
+    check_env_id,
+    check_tracking,
+    close_tracking,
+    config_dict,
+    fail,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_run_name,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+    setup_tracking,
+    teardown,
+    warn,
+)
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(os.path.realpath(__file__))[: -len(".py")]
+    """the name of this experiment (default: the script's real file stem, also when started through a symlink)"""
+    seed: int = 1
+    """seed of the experiment; rank r's env i is seeded `seed + r * num_envs + i`"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled and a GPU is there, rank r uses cuda:LOCAL_RANK (nccl); otherwise CPU (gloo)"""
+    track: bool = False
+    """if toggled, mirror TensorBoard to Weights and Biases (honours WANDB_MODE=offline)"""
+    wandb_project_name: str = "steprl"
+    """the W&B project"""
+    wandb_entity: str | None = None
+    """the W&B entity (team)"""
+    capture_video: bool = False
+    """if toggled, record the evaluation episodes to `runs/<run_name>/videos` (needs `pip install moviepy`)"""
+    run_name: str | None = None
+    """fixes the run directory `runs/<run_name>` (default: `{env_id}__{exp_name}__{seed}__{unix time}`)"""
+    checkpoint_every: Steps = 0
+    """global policy steps between checkpoints (0: no checkpoints); a final checkpoint is written when > 0"""
+    keep_checkpoints: int = 2
+    """how many of the newest checkpoints to keep"""
+    checkpoint_buffer: bool = True
+    """if toggled, checkpoints hold every rank's replay buffer (needed for an exact resume)"""
+    resume: Literal["no", "auto", "yes"] = "no"
+    """continue from the newest checkpoint of the run directory: `yes` requires one, `auto` starts fresh without"""
+    torch_threads: int = 1
+    """torch intra-op threads per process on CPU (1 is fastest for these small networks on shared cores)"""
+    log_every: Steps = 1000
+    """global policy steps between scalar logs"""
+    eval_episodes: int = 10
+    """episodes of deterministic evaluation on rank 0 at the end (0: none)"""
+
+    # Algorithm specific arguments
+    env_id: str = "HalfCheetah-v5"
+    """the environment id, or `module:EnvId-v0` to import a module that registers it"""
+    total_steps: Steps = 1_000_000
+    """global policy steps of the run (accepts 1e6)"""
+    num_envs: int = 1
+    """envs per process (m)"""
+    async_envs: bool = False
+    """if toggled, step the envs in subprocesses (AsyncVectorEnv) instead of in this process"""
+    action_repeat: int = 1
+    """env steps per policy step (rewards are summed; stops early at an episode end)"""
+    max_episode_steps: int | None = None
+    """policy steps after which an episode is truncated (default: only the env's own limit, in env steps)"""
+    per_rank_buffer_size: Steps = 1_000_000
+    """replay buffer capacity in transitions, per rank"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """target smoothing coefficient"""
+    per_rank_batch_size: int = 256
+    """samples per gradient step on one rank (global batch = world_size times this)"""
+    learning_starts: Steps = 5_000
+    """global policy steps of uniformly random actions before training"""
+    replay_ratio: ExactRatio = Fraction(1)
+    """global gradient steps per global policy step once training starts (exact: 0.5, 0.75, 1/3)"""
+    per_rank_pretrain_steps: int = 0
+    """if > 0, the first training iteration does exactly this many gradient steps per rank"""
+    policy_lr: float = 3e-4
+    """the learning rate of the policy network optimizer"""
+    q_lr: float = 1e-3
+    """the learning rate of the Q network optimizer"""
+    policy_frequency: int = 2
+    """gradient steps between policy updates; each one does this many actor updates (delayed, as TD3)"""
+    target_network_frequency: int = 1
+    """gradient steps between target network updates"""
+    alpha: float = 0.2
+    """entropy regularization coefficient (used when not autotuned; autotuning starts at 1.0, as CleanRL)"""
+    autotune: bool = True
+    """automatic tuning of the entropy coefficient towards target entropy -|A|"""
+
+
+# ALGO LOGIC: environments
+# --- SHARED: action repeat ---
+class ActionRepeat(gym.Wrapper):
+    """Repeat each action `repeat` env steps, summing rewards; stop early when the episode terminates or truncates.
+    `info["env_steps"]` is the number of env steps this policy step took."""
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        self.repeat = repeat
+
+    def step(self, action):
+        total_reward = 0.0
+        for env_steps in range(1, self.repeat + 1):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total_reward += float(reward)
+            if terminated or truncated:
+                break
+        info["env_steps"] = env_steps
+        return obs, total_reward, terminated, truncated, info
+
+
+def wrap_steps(env: gym.Env, action_repeat: int, max_episode_steps: int | None) -> gym.Env:
+    """The env's own TimeLimit (env steps) inside the repeat; `max_episode_steps` (policy steps) and the episode
+    statistics (return and length in policy steps) outside it."""
+    env = ActionRepeat(env, action_repeat)
+    if max_episode_steps is not None:
+        env = gym.wrappers.TimeLimit(env, max_episode_steps)
+    return gym.wrappers.RecordEpisodeStatistics(env)
+
+
+def env_steps_taken(infos: dict, done: np.ndarray) -> int:
+    """Env steps of one vector step under same-step autoreset: ended envs report theirs in `final_info`."""
+    steps = np.where(done, 0, infos["env_steps"]).sum() if "env_steps" in infos else 0  # absent when all envs ended
+    if done.any():
+        steps += infos["final_info"]["env_steps"][done].sum()
+    return int(steps)
+
+
+def finished_episodes(infos: dict, done: np.ndarray) -> list[tuple[float, int]]:
+    """(return, length in policy steps) of each episode that ended in this vector step."""
+    if not done.any():
+        return []
+    ep = infos["final_info"]["episode"]
+    return [(float(ep["r"][i]), int(ep["l"][i])) for i in np.flatnonzero(done)]
+
+
+# --- END SHARED ---
+
+
+def make_env(env_id: str, action_repeat: int, max_episode_steps: int | None, render_mode: str | None = None):
+    def thunk():
+        env = gym.make(env_id, render_mode=render_mode)
+        if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+            env = gym.wrappers.FlattenObservation(env)
+        return wrap_steps(env, action_repeat, max_episode_steps)
+
+    return thunk
+
+
+# --- SHARED: step counter ---
+def planned_gradient_steps(replay_ratio: Fraction, num_envs: int, pretrain: int, k: int) -> int:
+    """Per-rank gradient steps after `k` training iterations: floor(ratio * m * k), or p + floor(ratio * m * (k-1))
+    with pretrain p > 0. Exact integer arithmetic; never float accumulation."""
+    if k <= 0:
+        return 0
+    if pretrain > 0:
+        return pretrain + math.floor(replay_ratio * num_envs * (k - 1))
+    return math.floor(replay_ratio * num_envs * k)
+
+
+class Ratio:
+    """The replay-ratio loop: how many gradient steps this rank does in its next training iteration."""
+
+    def __init__(self, replay_ratio: Fraction, num_envs: int, pretrain: int):
+        self.replay_ratio, self.num_envs, self.pretrain = Fraction(replay_ratio), num_envs, pretrain
+        self.training_iterations, self.gradient_steps = 0, 0
+
+    def __call__(self) -> int:
+        self.training_iterations += 1
+        target = planned_gradient_steps(self.replay_ratio, self.num_envs, self.pretrain, self.training_iterations)
+        todo, self.gradient_steps = target - self.gradient_steps, target
+        return todo
+
+    def state_dict(self) -> dict:
+        return {"training_iterations": self.training_iterations, "gradient_steps": self.gradient_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.training_iterations, self.gradient_steps = state["training_iterations"], state["gradient_steps"]
+
+
+def step_plan(
+    total_steps: int, num_envs: int, world_size: int, learning_starts: int, replay_ratio, pretrain: int, action_repeat: int
+) -> dict:
+    """Every count of the run, known before it starts (DESIGN.md, step vocabulary)."""
+    P = world_size * num_envs
+    N = total_steps // P
+    R = min(N, -(-learning_starts // P))
+    per_rank = planned_gradient_steps(Fraction(replay_ratio), num_envs, pretrain, N - R)
+    return {
+        "world_size": world_size,
+        "num_envs": num_envs,
+        "policy_steps_per_iteration": P,
+        "iterations": N,
+        "random_iterations": R,
+        "training_iterations": N - R,
+        "policy_steps": N * P,
+        "env_steps": N * P * action_repeat,
+        "per_rank_gradient_steps": per_rank,
+        "gradient_steps": per_rank * world_size,
+    }
+
+
+def format_plan(plan: dict, replay_ratio, pretrain: int, action_repeat: int) -> str:
+    p = plan
+    return (
+        f"step plan: {p['world_size']} process(es) x {p['num_envs']} env(s) = {p['policy_steps_per_iteration']} policy"
+        f" steps per iteration\n  {p['iterations']} iterations per rank: {p['random_iterations']} random,"
+        f" {p['training_iterations']} training\n  {p['policy_steps']} global policy steps,"
+        f" {p['env_steps']} nominal env steps (action repeat {action_repeat})\n"
+        f"  {p['per_rank_gradient_steps']} gradient steps per rank, {p['gradient_steps']} global"
+        f" (replay ratio {replay_ratio}, pretrain {pretrain})"
+    )
+
+
+def ledger_errors(plan: dict, actual: dict) -> list[str]:
+    """Where the counted steps differ from the plan (each is a bug)."""
+    errors = [
+        f"{k}: planned {plan[k]}, counted {actual[k]}" for k in ("policy_steps", "gradient_steps") if plan[k] != actual[k]
+    ]
+    errors += [
+        f"rank {r} gradient steps: planned {plan['per_rank_gradient_steps']}, counted {g}"
+        for r, g in enumerate(actual["per_rank_gradient_steps"])
+        if g != plan["per_rank_gradient_steps"]
+    ]
+    if actual["env_steps"] > plan["env_steps"]:
+        errors.append(f"env_steps: counted {actual['env_steps']} > nominal {plan['env_steps']}")
+    return errors
+
+
+# --- END SHARED ---
+
+
+# ALGO LOGIC: replay buffer
+class ReplayBuffer:
+    """One rank's transitions in preallocated tensors (FIFO). Minibatches are sampled uniformly, all the minibatches
+    of an iteration in one call."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.pos, self.size = capacity, 0, 0
+        self.obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
+        self.next_obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
+        self.actions = torch.zeros((capacity, act_dim), dtype=torch.float32, device=device)
+        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.terminations = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.fields = ("obs", "next_obs", "actions", "rewards", "terminations")
+
+    def add(self, *values: np.ndarray) -> None:
+        idx = torch.arange(self.pos, self.pos + len(values[0])) % self.capacity
+        for name, value in zip(self.fields, values):
+            getattr(self, name)[idx] = torch.as_tensor(value, dtype=torch.float32).to(self.obs.device)
+        self.pos = int(idx[-1] + 1) % self.capacity
+        self.size = min(self.size + len(values[0]), self.capacity)
+
+    def sample(self, n: int, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
+        idx = torch.randint(0, self.size, (n, batch_size), device=self.obs.device)
+        return [tuple(getattr(self, name)[i] for name in self.fields) for i in idx]
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos, "size": self.size} | {k: getattr(self, k)[: self.size].clone() for k in self.fields}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] > self.capacity:
+            fail("--per-rank-buffer-size", f"the checkpoint holds {state['size']} transitions per rank; use at least that")
+        self.pos, self.size = state["pos"], state["size"]
+        for k in self.fields:
+            getattr(self, k)[: self.size] = state[k].to(self.obs.device)
+
+
+# ALGO LOGIC: networks
+class TwinQ(nn.Module):
+    """CleanRL's two SoftQNetworks (obs+act -> 256 -> 256 -> 1, ReLU) with their weights stacked as [2, in, out],
+    so both critics run as one batched matmul per layer. Initialised exactly as two nn.Linear stacks."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, n: int = 2):
+        super().__init__()
+        sizes = [obs_dim + act_dim, hidden, hidden, 1]
+        self.n = n
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            layers = [nn.Linear(fan_in, fan_out) for _ in range(n)]
+            self.weights.append(nn.Parameter(torch.stack([layer.weight.detach().T for layer in layers])))
+            self.biases.append(nn.Parameter(torch.stack([layer.bias.detach()[None] for layer in layers])))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """Q-values of both critics, shape [2, B]. `detach_params` lets gradients reach only the actions."""
+        x = torch.cat([obs, actions], -1).expand(self.n, -1, -1)
+        for j, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if detach_params:
+                w, b = w.detach(), b.detach()
+            x = torch.baddbmm(b, x, w)
+            if j < len(self.weights) - 1:
+                x = F.relu(x)
+        return x.squeeze(-1)
+
+
+LOG_STD_MAX = 2
+LOG_STD_MIN = -5
+
+
+class Actor(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray):
+        super().__init__()
+        self.fc1 = nn.Linear(obs_dim, 256)
+        self.fc2 = nn.Linear(256, 256)
+        self.fc_mean = nn.Linear(256, act_dim)
+        self.fc_logstd = nn.Linear(256, act_dim)
+        self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu(self.fc2(F.relu(self.fc1(x))))
+        log_std = torch.tanh(self.fc_logstd(x))
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)  # From SpinUp / Denis Yarats
+        return self.fc_mean(x), log_std
+
+    def get_action(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A reparameterised tanh-Gaussian sample, its log-probability [B], and the deterministic action."""
+        mean, log_std = self(x)
+        eps = torch.randn_like(mean)
+        x_t = mean + log_std.exp() * eps
+        y_t = torch.tanh(x_t)
+        action = y_t * self.action_scale + self.action_bias
+        log_prob = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)  # Normal(mean, std).log_prob(x_t)
+        log_prob = log_prob - torch.log(self.action_scale * (1 - y_t.pow(2)) + 1e-6)  # Enforcing action bound
+        return action, log_prob.sum(-1), torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+def validate(args: Args) -> None:
+    """Bad input: exit 2 with the flag and the fix, before any env or process group starts (same on every rank)."""
+    for flag, value, low in [
+        ("--num-envs", args.num_envs, 1),
+        ("--action-repeat", args.action_repeat, 1),
+        ("--per-rank-batch-size", args.per_rank_batch_size, 1),
+        ("--per-rank-buffer-size", args.per_rank_buffer_size, 1),
+        ("--policy-frequency", args.policy_frequency, 1),
+        ("--target-network-frequency", args.target_network_frequency, 1),
+        ("--keep-checkpoints", args.keep_checkpoints, 1),
+        ("--torch-threads", args.torch_threads, 1),
+        ("--log-every", args.log_every, 1),
+        ("--total-steps", args.total_steps, 1),
+        ("--learning-starts", args.learning_starts, 0),
+        ("--per-rank-pretrain-steps", args.per_rank_pretrain_steps, 0),
+        ("--checkpoint-every", args.checkpoint_every, 0),
+        ("--eval-episodes", args.eval_episodes, 0),
+    ]:
+        if value < low:
+            fail(flag, f"got {value}; it must be at least {low}")
+    if args.max_episode_steps is not None and args.max_episode_steps < 1:
+        fail("--max-episode-steps", f"got {args.max_episode_steps}; give a positive number of policy steps, or omit it")
+    if args.replay_ratio < 0:
+        fail("--replay-ratio", f"got {args.replay_ratio}; use 0 (never train) or a positive ratio such as 1 or 1/4")
+    for flag, value in [("--gamma", args.gamma), ("--tau", args.tau)]:
+        if not 0 < value <= 1:
+            fail(flag, f"got {value}; it must be in (0, 1]")
+    for flag, value in [("--policy-lr", args.policy_lr), ("--q-lr", args.q_lr), ("--alpha", args.alpha)]:
+        if not value > 0:
+            fail(flag, f"got {value}; it must be positive")
+    P = args.world_size * args.num_envs
+    if args.total_steps < P:
+        fail(
+            "--total-steps",
+            f"{args.total_steps} is less than one iteration of {P} policy steps "
+            f"({args.world_size} process(es) x {args.num_envs} env(s)); use at least {P}",
+        )
+    if args.resume == "yes" and args.run_name is None and "TORCHELASTIC_RUN_ID" not in os.environ:
+        fail("--resume", "`--resume yes` needs `--run-name NAME` to know which run to continue")
+    if args.capture_video:
+        try:
+            import moviepy  # noqa: F401
+        except ImportError:
+            fail("--capture-video", "recording needs moviepy: `pip install moviepy`")
+    check_tracking(args.track)
+    check_env_id(args.env_id)
+    env = gym.make(args.env_id)
+    space = env.action_space
+    env.close()
+    if not isinstance(space, gym.spaces.Box):
+        fail(
+            "--env-id",
+            f"SAC here needs a continuous (Box) action space; {args.env_id} has {space}. "
+            "Use a continuous-action env such as Pendulum-v1 or HalfCheetah-v5",
+        )
+    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+        fail(
+            "--env-id",
+            f"SAC squashes actions with tanh and needs finite action bounds; {args.env_id} has {space}. "
+            "Wrap the env with gymnasium.wrappers.ClipAction or RescaleAction",
+        )
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))  # derived, not a flag
+    validate(args)
+
+    # TRY NOT TO MODIFY: processes, run directory, plan, tracking, seeding
+    rank, local_rank, world_size, device = setup_distributed(args.cuda, args.torch_threads)
+    m, P = args.num_envs, world_size * args.num_envs
+    plan = step_plan(
+        args.total_steps,
+        m,
+        world_size,
+        args.learning_starts,
+        args.replay_ratio,
+        args.per_rank_pretrain_steps,
+        args.action_repeat,
+    )
+    N, R = plan["iterations"], plan["random_iterations"]
+    run_name = resolve_run_name(args.run_name, f"{args.env_id}__{args.exp_name}__{args.seed}", "runs", world_size)
+    run_dir, ckpt_dir = os.path.join("runs", run_name), os.path.join("runs", run_name, "checkpoints")
+    checkpoint = None
+    if args.resume != "no":
+        found = list_checkpoints(ckpt_dir)
+        if found:
+            checkpoint_path = found[-1]
+            checkpoint = load_checkpoint(checkpoint_path, rank, device)
+            if checkpoint[0]["world_size"] != world_size:
+                fail("--resume", f"{checkpoint_path} was written by {checkpoint[0]['world_size']} processes; use as many")
+        elif args.resume == "yes":
+            fail("--resume", f"no checkpoint in {ckpt_dir}; use `--resume auto` to start fresh when there is none")
+    if rank == 0:
+        if args.total_steps % P:
+            warn(
+                f"--total-steps {args.total_steps} is not a multiple of {P} policy steps per iteration; "
+                f"running {plan['policy_steps']} (the remainder {args.total_steps % P} is dropped)"
+            )
+        if plan["training_iterations"] == 0:
+            warn(f"--learning-starts {args.learning_starts} covers the whole run: no training will happen")
+        print(format_plan(plan, args.replay_ratio, args.per_rank_pretrain_steps, args.action_repeat), flush=True)
+        print(f"run directory: {run_dir}; device: {device}; torch threads: {torch.get_num_threads()}", flush=True)
+        writer = setup_tracking(args, run_name, run_dir)
+    seed_everything(args.seed + rank, args.torch_deterministic)
+
+    # env setup
+    env_fns = [make_env(args.env_id, args.action_repeat, args.max_episode_steps) for _ in range(m)]
+    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    envs = vector_env(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    action_rng = np.random.default_rng(args.seed + rank)  # uniform random actions of the pre-fill
+
+    # ALGO LOGIC: networks, optimizers, buffer (parameters start identical on every rank: same seed)
+    torch.manual_seed(args.seed)
+    actor = Actor(obs_dim, act_dim, low, high).to(device)
+    qf = TwinQ(obs_dim, act_dim).to(device)
+    qf_target = TwinQ(obs_dim, act_dim).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    torch.manual_seed(args.seed + rank)
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    target_entropy = -float(act_dim)
+    log_alpha = torch.tensor(0.0 if args.autotune else math.log(args.alpha), device=device, requires_grad=True)
+    a_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    rb = ReplayBuffer(args.per_rank_buffer_size, obs_dim, act_dim, device)
+
+    # TRY NOT TO MODIFY: counters (per rank), restored from a checkpoint when resuming
+    ratio = Ratio(args.replay_ratio, m, args.per_rank_pretrain_steps)
+    start_iteration, local_env_steps, local_episodes = 0, 0, 0
+    window = [0.0, 0.0, 0.0]  # sum of returns, sum of lengths, episodes since the last log (this rank)
+    if checkpoint is not None:
+        shared, local = checkpoint
+        for module, key in [
+            (actor, "actor"),
+            (qf, "qf"),
+            (qf_target, "qf_target"),
+            (q_optimizer, "q_optimizer"),
+            (actor_optimizer, "actor_optimizer"),
+            (a_optimizer, "a_optimizer"),
+            (ratio, "ratio"),
+        ]:
+            module.load_state_dict(shared[key])
+        with torch.no_grad():
+            log_alpha.copy_(shared["log_alpha"])
+        start_iteration = shared["iteration"]
+        local_env_steps, local_episodes, window = local["env_steps"], local["episodes"], local["window"]
+        if local["buffer"] is not None:
+            rb.load_state_dict(local["buffer"])
+        set_rng_state(local["rng"])
+        action_rng.bit_generator.state = local["action_rng"]
+        if rank == 0:
+            print(f"resumed from {checkpoint_path} at iteration {start_iteration} ({start_iteration * P} policy steps)")
+        # CRUCIAL: the simulator state is not in the checkpoint; episodes restart from fresh, newly seeded resets
+        obs, _ = envs.reset(seed=[int(s) for s in action_rng.integers(2**31, size=m)])
+        del checkpoint, shared, local
+    else:
+        obs, _ = envs.reset(seed=[args.seed + rank * m + i for i in range(m)])
+    alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
+    actor_params, qf_params, qf_target_params = list(actor.parameters()), list(qf.parameters()), list(qf_target.parameters())
+
+    # ALGO LOGIC: one gradient step
+    def update(data: tuple[torch.Tensor, ...], update_actor: bool, update_target: bool) -> dict[str, torch.Tensor]:
+        global alpha
+        b_obs, b_next_obs, b_actions, b_rewards, b_terminations = data
+        with torch.no_grad():
+            next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
+            qf_next_target = qf_target(b_next_obs, next_actions).min(0).values - alpha * next_log_pi
+            next_q_value = b_rewards + (1 - b_terminations) * args.gamma * qf_next_target
+        qf_values = qf(b_obs, b_actions)  # [2, B]
+        qf_losses = (qf_values - next_q_value).pow(2).mean(1)
+        qf_loss = qf_losses.sum()
+        q_optimizer.zero_grad(set_to_none=False)
+        qf_loss.backward()
+        all_reduce_grads(qf_params, world_size)
+        q_optimizer.step()
+        metrics = {
+            "qf1_values": qf_values[0].mean(),
+            "qf2_values": qf_values[1].mean(),
+            "qf1_loss": qf_losses[0],
+            "qf2_loss": qf_losses[1],
+            "qf_loss": qf_loss / 2.0,
+        }
+        if update_actor:
+            for _ in range(args.policy_frequency):  # compensate for the delay by doing `policy_frequency` updates
+                pi, log_pi, _ = actor.get_action(b_obs)
+                min_qf_pi = qf(b_obs, pi, detach_params=True).min(0).values  # no critic weight gradients
+                actor_loss = (alpha * log_pi - min_qf_pi).mean()
+                actor_optimizer.zero_grad(set_to_none=False)
+                loss = actor_loss
+                if args.autotune:  # alpha from the same log-probabilities as the actor loss (one actor pass)
+                    alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+                    a_optimizer.zero_grad(set_to_none=False)
+                    loss = actor_loss + alpha_loss
+                loss.backward()
+                all_reduce_grads(actor_params + ([log_alpha] if args.autotune else []), world_size)
+                actor_optimizer.step()
+                metrics["actor_loss"] = actor_loss.detach()
+                if args.autotune:
+                    a_optimizer.step()
+                    alpha = log_alpha.exp().detach()
+                    metrics["alpha_loss"] = alpha_loss.detach()
+        if update_target:
+            with torch.no_grad():
+                torch._foreach_lerp_(qf_target_params, qf_params, args.tau)
+        metrics["alpha"] = alpha
+        return {k: v.detach() for k, v in metrics.items()}
+
+    def save(iteration: int) -> None:
+        shared = {
+            "world_size": world_size,
+            "iteration": iteration,
+            "args": config_dict(args),
+            "log_alpha": log_alpha.detach(),
+            "actor": actor.state_dict(),
+            "qf": qf.state_dict(),
+            "qf_target": qf_target.state_dict(),
+            "q_optimizer": q_optimizer.state_dict(),
+            "actor_optimizer": actor_optimizer.state_dict(),
+            "a_optimizer": a_optimizer.state_dict(),
+            "ratio": ratio.state_dict(),
+        }
+        local = {
+            "env_steps": local_env_steps,
+            "episodes": local_episodes,
+            "window": window,
+            "rng": rng_state(),
+            "action_rng": action_rng.bit_generator.state,
+            "buffer": rb.state_dict() if args.checkpoint_buffer else None,
+        }
+        path = save_checkpoint(ckpt_dir, iteration * P, shared, local, rank, world_size, args.keep_checkpoints)
+        if rank == 0:
+            print(f"checkpoint: {path}", flush=True)
+
+    # TRY NOT TO MODIFY: start the loop
+    metrics, last_return = {}, float("nan")
+    start_time, last_print = time.time(), time.time()
+    progress = tqdm(total=N * P, initial=start_iteration * P, unit="step", disable=None if rank == 0 else True)
+    for iteration in range(start_iteration + 1, N + 1):
+        policy_step = iteration * P  # global policy steps once this iteration's env step is done
+
+        # ALGO LOGIC: put action logic here
+        if iteration <= R:
+            actions = action_rng.uniform(low, high, (m, act_dim)).astype(np.float32)
+        else:
+            with torch.no_grad():
+                actions = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+
+        # TRY NOT TO MODIFY: execute the game and log data.
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        done = terminations | truncations
+        local_env_steps += env_steps_taken(infos, done)
+        for episodic_return, episodic_length in finished_episodes(infos, done):
+            window[0], window[1], window[2] = window[0] + episodic_return, window[1] + episodic_length, window[2] + 1
+            local_episodes += 1
+
+        # TRY NOT TO MODIFY: save data to replay buffer; handle `final_obs` (same-step autoreset)
+        real_next_obs = next_obs.copy()
+        if done.any():
+            real_next_obs[done] = np.stack(infos["final_obs"][done])
+        rb.add(obs, real_next_obs, actions, rewards, terminations)
+
+        # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
+        obs = next_obs
+
+        # ALGO LOGIC: training, `ratio()` gradient steps per training iteration
+        if iteration > R:
+            todo = ratio()
+            for j, data in enumerate(rb.sample(todo, args.per_rank_batch_size)):
+                g = ratio.gradient_steps - todo + j + 1  # this rank's gradient step number, 1-based
+                metrics = metrics | update(data, g % args.policy_frequency == 0, g % args.target_network_frequency == 0)
+        progress.update(P)
+
+        # TRY NOT TO MODIFY: log at every multiple of --log-every global policy steps (all ranks take part)
+        if policy_step // args.log_every > (policy_step - P) // args.log_every or iteration == N:
+            ep_sum, len_sum, eps, env_steps = all_sum(window + [local_env_steps], world_size)
+            window = [0.0, 0.0, 0.0]
+            if rank == 0:
+                sps = (policy_step - start_iteration * P) / (time.time() - start_time)
+                gradient_steps = ratio.gradient_steps * world_size
+                if eps:
+                    last_return = ep_sum / eps
+                    writer.add_scalar("charts/episodic_return", last_return, policy_step)
+                    writer.add_scalar("charts/episodic_length", len_sum / eps, policy_step)
+                writer.add_scalar("charts/env_steps", env_steps, policy_step)
+                writer.add_scalar("charts/gradient_steps", gradient_steps, policy_step)
+                if iteration > R:
+                    writer.add_scalar("charts/replay_ratio", gradient_steps / ((iteration - R) * P), policy_step)
+                writer.add_scalar("charts/SPS", sps, policy_step)
+                for k, v in metrics.items():
+                    writer.add_scalar(f"losses/{k}", v.item(), policy_step)
+                progress.set_postfix(SPS=int(sps), ret=f"{last_return:.1f}", refresh=False)
+                if progress.disable and time.time() - last_print > 30:
+                    last_print = time.time()
+                    print(f"policy_step={policy_step} SPS={int(sps)} episodic_return={last_return:.2f}", flush=True)
+
+        # TRY NOT TO MODIFY: checkpoint at every multiple of --checkpoint-every global policy steps, and at the end
+        every = args.checkpoint_every
+        if every and (policy_step // every > (policy_step - P) // every or iteration == N):
+            save(iteration)
+    progress.close()
+    envs.close()
+
+    # TRY NOT TO MODIFY: the ledger (actual counters summed over ranks must equal the plan)
+    checksum = sum(p.detach().double().sum().item() for p in actor_params + qf_params + [log_alpha])
+    gathered = all_gather(
+        {
+            "env_steps": local_env_steps,
+            "episodes": local_episodes,
+            "policy_steps": N * m,
+            "gradient_steps": ratio.gradient_steps,
+            "checksum": checksum,
+        },
+        world_size,
+    )
+    if rank == 0:
+        per_rank = [g["gradient_steps"] for g in gathered]
+        actual = {
+            "policy_steps": sum(g["policy_steps"] for g in gathered),
+            "env_steps": sum(g["env_steps"] for g in gathered),
+            "per_rank_gradient_steps": per_rank,
+            "gradient_steps": sum(per_rank),
+            "episodes": sum(g["episodes"] for g in gathered),
+            "replay_ratio": sum(per_rank) / (plan["training_iterations"] * P) if plan["training_iterations"] else 0.0,
+            "param_checksums": [g["checksum"] for g in gathered],
+        }
+        ledger = {"plan": plan, "actual": actual, "replay_ratio": str(args.replay_ratio), "action_repeat": args.action_repeat}
+
+        # evaluation: deterministic actions on rank 0, not counted in the ledger's training steps
+        if args.eval_episodes > 0:
+            if args.capture_video:
+                os.environ.setdefault("MUJOCO_GL", "egl")
+            eval_env = make_env(
+                args.env_id, args.action_repeat, args.max_episode_steps, "rgb_array" if args.capture_video else None
+            )()
+            if args.capture_video:
+                eval_env = gym.wrappers.RecordVideo(eval_env, os.path.join(run_dir, "videos"), name_prefix="eval")
+            returns, lengths = [], []
+            for ep in range(args.eval_episodes):
+                eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
+                while True:
+                    with torch.no_grad():
+                        action = actor.get_action(torch.as_tensor(eval_obs, dtype=torch.float32, device=device)[None])[2]
+                    eval_obs, _, terminated, truncated, info = eval_env.step(action[0].cpu().numpy())
+                    if terminated or truncated:
+                        returns.append(float(info["episode"]["r"]))
+                        lengths.append(int(info["episode"]["l"]))
+                        break
+            eval_env.close()
+            ledger["eval"] = {
+                "episodes": len(returns),
+                "mean_return": float(np.mean(returns)),
+                "std_return": float(np.std(returns)),
+                "mean_length": float(np.mean(lengths)),
+            }
+            writer.add_scalar("eval/episodic_return", ledger["eval"]["mean_return"], plan["policy_steps"])
+            writer.add_scalar("eval/episodic_return_std", ledger["eval"]["std_return"], plan["policy_steps"])
+            writer.add_scalar("eval/episodic_length", ledger["eval"]["mean_length"], plan["policy_steps"])
+
+        with open(os.path.join(run_dir, "steps.json"), "w") as f:
+            json.dump(ledger, f, indent=2)
+        print(json.dumps(ledger, indent=2), flush=True)
+        close_tracking(writer, args.track)
+        errors = ledger_errors(plan, actual)
+        if errors:
+            print("LEDGER MISMATCH (a bug in the step accounting):\n  " + "\n  ".join(errors), flush=True)
+    teardown(broadcast(1 if rank == 0 and errors else 0, world_size))

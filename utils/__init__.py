@@ -1,0 +1,309 @@
+"""steprl.utils: the plumbing the steprl scripts share. No algorithm lives here.
+
+CLI value types, bad-input exits, process group setup and teardown, gradient all-reduce, run directories,
+tracking (TensorBoard + W&B), seeding and atomic checkpoints. Installed as `steprl.utils` (from ./utils) so it
+never collides with another project's top-level `utils`; a copied script finds it after `pip install -e .`.
+"""
+
+import difflib
+import hashlib
+import importlib
+import os
+import random
+import shutil
+import sys
+import time
+from datetime import timedelta
+from fractions import Fraction
+from typing import Annotated
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tyro.constructors import PrimitiveConstructorSpec
+
+
+# ---------------------------------------------------------------- CLI types and bad input
+def parse_steps(text: str) -> int:
+    """'1e6', '1_000_000', '1000000' -> 1000000. Rejects non-integral values such as '1.5'."""
+    value = float(text.replace("_", "")) if any(c in text for c in ".eE") else int(text.replace("_", ""))
+    if value != int(value):
+        raise ValueError(f"{text!r} is not a whole number of steps")
+    return int(value)
+
+
+def parse_fraction(text: str) -> Fraction:
+    """'0.75' -> 3/4, '1/3' -> 1/3 exactly (no float rounding), '2' -> 2."""
+    return Fraction(text.strip())
+
+
+Steps = Annotated[
+    int,
+    PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="INT",
+        instance_from_str=lambda args: parse_steps(args[0]),
+        is_instance=lambda x: isinstance(x, int) and not isinstance(x, bool),
+        str_from_instance=lambda x: [str(x)],
+    ),
+]
+"""A step count on the command line: accepts 1e6, 1_000_000 or 1000000."""
+
+ExactRatio = Annotated[
+    Fraction,
+    PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="RATIO",
+        instance_from_str=lambda args: parse_fraction(args[0]),
+        is_instance=lambda x: isinstance(x, (Fraction, int)) and not isinstance(x, bool),
+        str_from_instance=lambda x: [str(x)],
+    ),
+]
+"""An exact ratio on the command line: 0.5, 0.75 or 1/3 (kept as a Fraction, never a float)."""
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def fail(flag: str, message: str) -> None:
+    """Bad input: one clear line naming the flag and the fix, exit status 2, no traceback (every rank exits)."""
+    if is_main_process():
+        print(f"error: {flag}: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
+
+
+def warn(message: str) -> None:
+    if is_main_process():
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_env_id(env_id: str) -> None:
+    """Exit 2 unless `env_id` (or `module:EnvId`, gymnasium's import syntax) names a registered env."""
+    import gymnasium as gym
+
+    name = env_id
+    if ":" in env_id:
+        module, name = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            fail("--env-id", f"cannot import module {module!r} to register {name!r} ({e}); is it on PYTHONPATH?")
+    if name not in gym.registry:
+        close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.6)
+        hint = f"closest registered ids: {', '.join(close)}" if close else "see gymnasium.pprint_registry()"
+        fail("--env-id", f"unknown environment {name!r}; {hint}")
+
+
+# ---------------------------------------------------------------- processes (torchrun)
+def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.device]:
+    """Read torchrun's RANK/LOCAL_RANK/WORLD_SIZE; start the process group only when WORLD_SIZE > 1."""
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if cuda and torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(threads)
+    if world_size > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30))
+    return rank, local_rank, world_size, device
+
+
+def teardown(code: int = 0) -> None:
+    """Flush, leave the process group on every rank, and exit without running interpreter finalisers (which can
+    abort a finished torchrun worker with 'terminate called without an active exception')."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if dist.is_available() and dist.is_initialized():
+        if code == 0:
+            dist.barrier()
+        dist.destroy_process_group()
+    os._exit(code)
+
+
+def all_reduce_grads(params: list[torch.Tensor], world_size: int) -> None:
+    """Average the gradients of `params` over all ranks in one flat all-reduce."""
+    if world_size == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    for g, new in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(new.view_as(g))
+
+
+def all_sum(values: list[float], world_size: int) -> list[float]:
+    """Sum a few numbers over all ranks (float64)."""
+    if world_size == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather(obj, world_size: int) -> list:
+    """One picklable object from each rank, in rank order."""
+    if world_size == 1:
+        return [obj]
+    out = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj, world_size: int):
+    """Rank 0's `obj` on every rank."""
+    if world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
+
+
+def seed_everything(seed: int, torch_deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+# ---------------------------------------------------------------- runs, tracking
+def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_size: int) -> str:
+    """The run directory's name, the same on every rank. Default `{prefix}__{timestamp}`; a worker restarted by
+    `torchrun --max-restarts` (TORCHELASTIC_RESTART_COUNT > 0) finds the run its first attempt started."""
+    if run_name is None and is_main_process():
+        elastic_id = os.environ.get("TORCHELASTIC_RUN_ID")
+        if elastic_id is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            candidates = sorted(
+                (d for d in os.listdir(runs_root) if d.startswith(prefix + "__")) if os.path.isdir(runs_root) else [],
+                key=lambda d: os.path.getmtime(os.path.join(runs_root, d)),
+            )
+            for d in reversed(candidates):
+                marker = os.path.join(runs_root, d, "torchelastic_run_id")
+                if os.path.exists(marker) and open(marker).read() == elastic_id:
+                    run_name = d
+                    break
+        if run_name is None:
+            run_name = f"{prefix}__{int(time.time())}"
+            if elastic_id is not None:
+                os.makedirs(os.path.join(runs_root, run_name), exist_ok=True)
+                with open(os.path.join(runs_root, run_name, "torchelastic_run_id"), "w") as f:
+                    f.write(elastic_id)
+    return broadcast(run_name, world_size)
+
+
+def config_dict(args) -> dict:
+    """vars(args) with exact ratios as strings, for TensorBoard, W&B and checkpoints."""
+    return {k: (str(v) if isinstance(v, Fraction) else v) for k, v in vars(args).items()}
+
+
+def setup_tracking(args, run_name: str, run_dir: str):
+    """TensorBoard writer for rank 0 (mirrored to W&B with `--track`; honours WANDB_MODE)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    config = config_dict(args)
+    if args.track:
+        import wandb
+
+        wandb.tensorboard.patch(root_logdir=run_dir)  # mirrors TensorBoard; avoids sync_tensorboard's stall at finish()
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            config=config,
+            name=run_name,
+            id=hashlib.sha1(run_name.encode()).hexdigest()[:16],  # stable id: a resumed run continues its W&B run
+            resume="allow",
+            dir=run_dir,
+            save_code=True,
+        )
+    writer = SummaryWriter(run_dir)
+    table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    return writer
+
+
+def close_tracking(writer, track: bool) -> None:
+    writer.flush()
+    writer.close()
+    if track:
+        import wandb
+
+        wandb.finish()
+
+
+def check_tracking(track: bool) -> None:
+    """Exit 2 when `--track` would block on a W&B login prompt."""
+    if not track or os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return
+    try:
+        import wandb
+
+        if wandb.Api().api_key is None:
+            raise RuntimeError
+    except Exception:
+        fail("--track", "no W&B login found: run `wandb login`, or set WANDB_MODE=offline and `wandb sync` later")
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, world_size: int, keep: int) -> str:
+    """Write `root/step_<step>/` atomically: rank 0 writes `shared.pt`, every rank its `rank<r>.pt`, all into a
+    temporary directory that rank 0 renames once every rank is done. Keeps the newest `keep` checkpoints."""
+    final = os.path.join(root, f"step_{step:012d}")
+    tmp = final + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    files = {f"rank{rank}.pt": local} | ({"shared.pt": shared} if rank == 0 else {})
+    for name, state in files.items():
+        torch.save(state, os.path.join(tmp, name + ".part"))
+        os.replace(os.path.join(tmp, name + ".part"), os.path.join(tmp, name))
+    barrier(world_size)
+    if rank == 0:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(world_size)
+    return final
+
+
+def list_checkpoints(root: str) -> list[str]:
+    """Complete checkpoints under `root`, oldest first."""
+    if not os.path.isdir(root):
+        return []
+    names = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))
+    return [os.path.join(root, d) for d in names if os.path.exists(os.path.join(root, d, "shared.pt"))]
+
+
+def load_checkpoint(path: str, rank: int, map_location="cpu") -> tuple[dict, dict]:
+    shared = torch.load(os.path.join(path, "shared.pt"), map_location=map_location, weights_only=True)
+    local = torch.load(os.path.join(path, f"rank{rank}.pt"), map_location=map_location, weights_only=True)
+    return shared, local
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch global RNG states in a form `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
