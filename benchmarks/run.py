@@ -1,0 +1,291 @@
+# Benchmark launcher: one script x env ids x seeds, several runs at once, each optionally under torchrun.
+# Every run gets a fixed run directory `<out>/runs/{env_id}__{exp_name}__{seed}__{unix time}`, a log file, its wall
+# time and peak memory, and a line in `<out>/manifest.json`; `WANDB_TAGS` names the code version (`git describe`).
+# The report (benchmarks/report.py) is run on `<out>` at the end. Usage: benchmarks/README.md.
+#
+#   python benchmarks/run.py --script algos/sac.py --env-ids Pendulum-v1 --seeds 1 2 3 --total-steps 20000
+#   python benchmarks/run.py --quick                       # the whole pipeline on tiny budgets, in about a minute
+#   python benchmarks/run.py --torchrun 2 ... -- --per-rank-batch-size 128   # flags after `--` go to the script
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import tyro
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Args:
+    script: str = "algos/sac.py"
+    """the training script (a path; relative paths are tried from the current directory, then the repository)"""
+    env_ids: tuple[str, ...] = ("Pendulum-v1",)
+    """environment ids, passed as `--env-id`"""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    """seeds, passed as `--seed`"""
+    total_steps: str | None = None
+    """global policy steps of each run, passed as `--total-steps` (accepts 1e6; default: the script's own)"""
+    workers: int = 1
+    """how many runs execute at the same time"""
+    torchrun: int = 0
+    """0: plain `python`; N >= 1: each run under `torchrun --standalone --nproc-per-node N` (its own free port)"""
+    track: bool = False
+    """if toggled, pass `--track` to each run (W&B; honours WANDB_MODE=offline)"""
+    torch_threads: int = 1
+    """passed as `--torch-threads` (torch threads per process)"""
+    out: str | None = None
+    """output directory: runs in `<out>/runs/`, logs in `<out>/logs/`, `<out>/manifest.json`
+    (default: `runs/benchmarks/<script stem>__<unix time>`)"""
+    report: bool = True
+    """if toggled, run benchmarks/report.py on `<out>` at the end (writes `<out>/report/`)"""
+    report_dir: str | None = None
+    """where the report goes (default: `<out>/report`)"""
+    quick: bool = False
+    """smoke-test preset: Pendulum-v1 (CartPole-v1 for Dreamer), seeds 1 2, tiny budgets, 2 workers, then the report"""
+    dry_run: bool = False
+    """if toggled, print the commands and exit"""
+
+
+# Tiny budgets per script stem for `--quick`; flags after `--` are appended (and win, as the last value wins).
+QUICK = {
+    "sac_continuous": dict(
+        env_ids=("Pendulum-v1",),
+        flags=["--total-steps", "600", "--learning-starts", "300", "--log-every", "100", "--eval-episodes", "1"],
+    ),
+    "dreamer": dict(
+        env_ids=("CartPole-v1",), flags=["--total-steps", "600", "--learning-starts", "300", "--log-every", "100"]
+    ),
+}
+
+
+def resolve_script(script: str) -> str:
+    for candidate in (script, os.path.join(REPO, script)):
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    sys.exit(f"error: --script: {script} not found (from {os.getcwd()} or {REPO}); e.g. --script algos/sac.py")
+
+
+def script_stem(path: str) -> str:
+    """The script's default exp_name: the real file stem (algos/sac.py is a symlink to sac_continuous.py)."""
+    return os.path.splitext(os.path.basename(os.path.realpath(path)))[0]
+
+
+def git_describe(cwd: str = REPO) -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict:
+    """The machine the runs execute on (the report prints it as the hardware line)."""
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "gpu": ", ".join(gpus) if gpus else "none",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory (kB) of `pid` and all its descendants, from /proc (Linux; 0 elsewhere)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def launch(cmd: list[str], cwd: str, env: dict, log_path: str) -> dict:
+    """Run `cmd` to completion with stdout+stderr in `log_path`. Returns the exit code, wall time, the peak RSS of
+    its largest single process (exact, from wait4) and the peak summed RSS of its process tree (sampled each 0.5 s)."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "w") as log:
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        start = time.time()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        peak_tree, done = [0], threading.Event()
+
+        def sample():
+            while not done.wait(0.5):
+                peak_tree[0] = max(peak_tree[0], tree_rss_kb(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this child (and its reaped descendants) alone
+        done.set()
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.time() - start
+    # Linux reports ru_maxrss in kB, macOS in bytes
+    peak = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    return {
+        "returncode": proc.returncode,
+        "wall_time_s": round(wall, 3),
+        "peak_rss_mb": round(peak, 1),
+        "peak_tree_rss_mb": round(max(peak_tree[0] / 1024, peak), 1),
+        "start_time": start,
+    }
+
+
+def run_command(script: str, torchrun: int, flags: list[str]) -> list[str]:
+    if torchrun:
+        # --standalone: a private rendezvous on a free local port, so concurrent torchruns never collide
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"]
+        return launcher + [script] + flags
+    return [sys.executable, script] + flags
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Launcher flags before `--`, script flags after it."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    own, extra = split_argv(argv)
+    args = tyro.cli(Args, args=own, description="Launch a script over env ids x seeds and report the results.")
+    script = resolve_script(args.script)
+    stem = script_stem(script)
+    flags = []
+    if args.quick:
+        preset = QUICK.get(stem, QUICK["dreamer" if "dreamer" in stem else "sac_continuous"])
+        if args.env_ids == Args.env_ids:
+            args.env_ids = preset["env_ids"]
+        if args.seeds == Args.seeds:
+            args.seeds = (1, 2)
+        if args.workers == Args.workers:
+            args.workers = 2
+        flags += preset["flags"]
+    if args.total_steps is not None:
+        flags += ["--total-steps", args.total_steps]
+    flags += ["--torch-threads", str(args.torch_threads)]
+    if args.track:
+        flags.append("--track")
+    for flag, value in [("--workers", args.workers), ("--torch-threads", args.torch_threads)]:
+        if value < 1:
+            sys.exit(f"error: {flag}: got {value}; it must be at least 1")
+    if args.torchrun < 0:
+        sys.exit(f"error: --torchrun: got {args.torchrun}; use 0 (plain python) or a number of processes")
+
+    out = os.path.abspath(args.out or os.path.join("runs", "benchmarks", f"{stem}__{int(time.time())}"))
+    tag = git_describe(os.path.dirname(script))
+    env = dict(os.environ, WANDB_TAGS=tag, OMP_NUM_THREADS=str(args.torch_threads), PYTHONUNBUFFERED="1")
+    exp_name = extra[extra.index("--exp-name") + 1] if "--exp-name" in extra[:-1] else stem
+    stamp = int(time.time())
+    jobs = []
+    for env_id in args.env_ids:
+        for seed in args.seeds:
+            run_name = f"{env_id}__{exp_name}__{seed}__{stamp}"
+            job_flags = ["--env-id", env_id, "--seed", str(seed), "--run-name", run_name] + flags + extra
+            jobs.append(
+                {
+                    "script": os.path.relpath(script, REPO) if script.startswith(REPO) else script,
+                    "exp_name": exp_name,
+                    "env_id": env_id,
+                    "seed": seed,
+                    "world_size": max(args.torchrun, 1),
+                    "run_name": run_name,
+                    "run_dir": os.path.join("runs", run_name),
+                    "log": os.path.join("logs", run_name + ".log"),
+                    "command": shlex.join(run_command(script, args.torchrun, job_flags)),
+                    "cmd": run_command(script, args.torchrun, job_flags),
+                }
+            )
+    if args.dry_run:
+        for job in jobs:
+            print(f"(cd {out} && WANDB_TAGS={tag} {job['command']})")
+        return {}
+
+    os.makedirs(out, exist_ok=True)
+    manifest = {
+        "command": shlex.join(["python", "benchmarks/run.py"] + argv),
+        "cwd": os.getcwd(),
+        "git_describe": tag,
+        "wandb_tags": tag,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "hardware": hardware() | {"torch_threads": args.torch_threads, "workers": args.workers},
+        "runs": [],
+    }
+    manifest_path = os.path.join(out, "manifest.json")
+    write_json(manifest_path, manifest)
+    lock = threading.Lock()
+    print(f"{len(jobs)} run(s), {args.workers} at a time; output in {out}; WANDB_TAGS={tag}", flush=True)
+
+    def execute(job: dict) -> dict:
+        print(f"start  {job['run_name']}: {job['command']}", flush=True)
+        result = launch(job["cmd"], out, env, os.path.join(out, job["log"]))
+        record = {k: v for k, v in job.items() if k != "cmd"} | result
+        status = "ok" if result["returncode"] == 0 else f"FAILED (exit {result['returncode']}, see {job['log']})"
+        print(f"finish {job['run_name']}: {status}, {result['wall_time_s']:.0f} s, {result['peak_tree_rss_mb']:.0f} MB")
+        with lock:
+            manifest["runs"].append(record)
+            manifest["runs"].sort(key=lambda r: (r["env_id"], r["seed"]))
+            write_json(manifest_path, manifest)
+        return record
+
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        records = list(pool.map(execute, jobs))
+    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    manifest["cpu_time_s"] = round(children.ru_utime + children.ru_stime, 1)
+    write_json(manifest_path, manifest)
+
+    failed = [r for r in records if r["returncode"] != 0]
+    if args.report:
+        report_dir = os.path.abspath(args.report_dir or os.path.join(out, "report"))
+        cmd = [sys.executable, os.path.join(REPO, "benchmarks", "report.py"), "--runs", out, "--output", report_dir]
+        print("$ " + shlex.join(cmd), flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            failed.append({"run_name": "report"})
+    if failed:
+        print(f"{len(failed)} failed: " + ", ".join(r["run_name"] for r in failed), file=sys.stderr)
+        sys.exit(1)
+    return manifest
+
+
+if __name__ == "__main__":
+    main()
