@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import sys
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -271,17 +270,13 @@ def write_csv(path: str, rows: list[dict]) -> None:
 
 
 def band(curves: list[np.ndarray], x_col: int, points: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Interpolate each seed's (x, return) curve on one grid; mean and std over the seeds that cover each x."""
-    lo = min(c[0, x_col] for c in curves)
-    hi = max(c[-1, x_col] for c in curves)
-    grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
-    ys = np.full((len(curves), len(grid)), np.nan)
-    for i, c in enumerate(curves):
-        inside = (grid >= c[0, x_col]) & (grid <= c[-1, x_col])
-        ys[i, inside] = np.interp(grid[inside], c[:, x_col], c[:, 2])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice" where no seed covers x
-        return grid, np.nanmean(ys, 0), np.nanstd(ys, 0)
+    """Interpolate each seed's (x, return) curve on one grid over the x range that every seed covers; the mean and
+    standard deviation (ddof=0) across seeds at each grid point."""
+    lo = max(c[0, x_col] for c in curves)
+    hi = min(c[-1, x_col] for c in curves)
+    grid = np.linspace(lo, hi, points) if hi > lo else np.array([hi])
+    ys = np.stack([np.interp(grid, c[:, x_col], c[:, 2]) for c in curves])
+    return grid, ys.mean(0), ys.std(0)
 
 
 def plot_curves(groups: dict, path: str, wall: bool) -> None:
@@ -309,9 +304,14 @@ def plot_curves(groups: dict, path: str, wall: bool) -> None:
                 curves.append(c)
             if not curves:
                 continue
-            x, mean, std = band(curves, 1 if wall else 0)
-            line = ax.plot(x, mean, label=f"{label(key)} ({len(curves)} seeds)")[0]
+            x_col = 1 if wall else 0
+            x, mean, std = band(curves, x_col)
+            seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+            line = ax.plot(x, mean, label=f"{label(key)} ({seeds})")[0]
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.25, linewidth=0)
+            if len(curves) > 1:  # each seed thin, so a seed that runs longer than the others stays visible
+                for c in curves:
+                    ax.plot(c[:, x_col], c[:, 2], color=line.get_color(), alpha=0.35, linewidth=0.6)
         ax.set_title(env_id)
         ax.set_xlabel("wall time (minutes)" if wall else "global policy steps")
         ax.set_ylabel("episodic return (training)")
@@ -319,7 +319,7 @@ def plot_curves(groups: dict, path: str, wall: bool) -> None:
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(envs) :]:
         ax.axis("off")
-    fig.suptitle("mean over seeds, shaded: ±1 std across seeds")
+    fig.suptitle("mean across seeds (where all have data) ± 1 std; thin lines: single seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -58,11 +58,9 @@ class Args:
 QUICK = {
     "sac_continuous": dict(
         env_ids=("Pendulum-v1",),
-        flags=["--total-steps", "600", "--learning-starts", "300", "--log-every", "100", "--eval-episodes", "1"],
+        flags=["--total-steps", "400", "--learning-starts", "200", "--log-every", "50", "--eval-episodes", "1"],
     ),
-    "dreamer": dict(
-        env_ids=("CartPole-v1",), flags=["--total-steps", "600", "--learning-starts", "300", "--log-every", "100"]
-    ),
+    "dreamer": dict(env_ids=("CartPole-v1",), flags=["--total-steps", "400", "--learning-starts", "200", "--log-every", "50"]),
 }
 
 

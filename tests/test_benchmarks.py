@@ -1,0 +1,202 @@
+"""benchmarks/: the report on event files with known values, the launcher end to end (--quick), the scaling table."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import report  # noqa: E402
+import run as launcher  # noqa: E402
+import scaling  # noqa: E402
+
+ENV = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_run(root, exp_name, env_id, seed, speed, return_scale, eval_return, ledger_ok=True):
+    """A fake run: logs every 100 policy steps to 1000; training (gradient steps) starts after step 300.
+    Wall time: 100 steps/s in the random phase, then `speed` policy steps/s and 2*speed gradient steps/s."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_name = f"{env_id}__{exp_name}__{seed}__1700000000"
+    run_dir = os.path.join(root, "runs", run_name)
+    writer = SummaryWriter(run_dir)
+    table = "\n".join(
+        f"|{k}|{v}|" for k, v in dict(exp_name=exp_name, seed=seed, env_id=env_id, torch_threads=1, world_size=1).items()
+    )
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}", walltime=1000.0)
+    for step in range(100, 1001, 100):
+        wall = 1000.0 + min(step, 300) / 100 + max(step - 300, 0) / speed
+        writer.add_scalar("charts/episodic_return", step * return_scale, step, walltime=wall)
+        writer.add_scalar("charts/gradient_steps", 2 * max(step - 300, 0), step, walltime=wall)
+        writer.add_scalar("charts/SPS", 123.0, step, walltime=wall)
+    writer.add_scalar("eval/episodic_return", eval_return, 1000, walltime=wall + 1)
+    writer.close()
+    plan = {"world_size": 1, "policy_steps": 1000, "gradient_steps": 1400}
+    actual = {"policy_steps": 1000, "gradient_steps": 1400 if ledger_ok else 1399}
+    with open(os.path.join(run_dir, "steps.json"), "w") as f:
+        json.dump({"plan": plan, "actual": actual}, f)
+    return run_name
+
+
+def test_report_numbers_and_plots(tmp_path):
+    root = str(tmp_path / "bench")
+    names = [
+        write_run(root, "sac_continuous", "HalfCheetah-v5", 1, speed=20.0, return_scale=0.1, eval_return=300.0),
+        write_run(
+            root, "sac_continuous", "HalfCheetah-v5", 2, speed=10.0, return_scale=0.2, eval_return=500.0, ledger_ok=False
+        ),
+        write_run(root, "dreamer", "CartPole-v1", 1, speed=50.0, return_scale=0.5, eval_return=7.0),
+    ]
+    manifest = {
+        "command": "python benchmarks/run.py --test",
+        "git_describe": "abc1234",
+        "hardware": {"cpu": "Test CPU", "cores": 2, "gpu": "none", "torch": "x"},
+        "runs": [{"run_name": n, "wall_time_s": 100.0 + i, "peak_tree_rss_mb": 400.0 + 10 * i} for i, n in enumerate(names)],
+    }
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    ref = tmp_path / "ref.csv"
+    ref.write_text(
+        "script,algo,env_id,mean,std,seeds,budget,budget_unit,metric,source,url\n"
+        "sac_continuous,SAC,HalfCheetah-v4,9000.5,100.25,3,1000000,policy steps,training return,TestSource,http://x\n"
+    )
+    out = str(tmp_path / "report")
+    report.main(["--runs", root, "--output", out, "--window", "0.2", "--references", str(ref)])
+
+    returns = {r["env_id"]: r for r in read_csv(os.path.join(out, "returns.csv"))}
+    cheetah = returns["HalfCheetah-v5"]
+    # last 20% of 1000 steps: the logs at 900 and 1000. Seed 1: (90+100)/2 = 95; seed 2: (180+200)/2 = 190
+    assert cheetah["seeds"] == "2" and cheetah["policy_steps"] == "1000"
+    assert float(cheetah["final_return_mean"]) == pytest.approx(142.5)
+    assert float(cheetah["final_return_std"]) == pytest.approx(47.5)  # population std of (95, 190)
+    assert float(cheetah["eval_return_mean"]) == pytest.approx(400.0)
+    assert float(cheetah["eval_return_std"]) == pytest.approx(100.0)
+    assert cheetah["reference_mean"] == "9000.5" and cheetah["reference_env_id"] == "HalfCheetah-v4"
+    assert returns["CartPole-v1"]["reference_source"] == ""  # a reference only matches its own script and env
+    assert float(returns["CartPole-v1"]["final_return_mean"]) == pytest.approx(475.0)
+
+    speed = {r["env_id"]: r for r in read_csv(os.path.join(out, "speed.csv"))}
+    # from step 300 (training began) to 1000: 700 policy steps and 1400 gradient steps in 700/speed seconds
+    assert float(speed["HalfCheetah-v5"]["policy_sps_mean"]) == pytest.approx(15.0)
+    assert float(speed["HalfCheetah-v5"]["policy_sps_std"]) == pytest.approx(5.0)
+    assert float(speed["HalfCheetah-v5"]["gradient_sps_mean"]) == pytest.approx(30.0)
+    assert float(speed["CartPole-v1"]["gradient_sps_mean"]) == pytest.approx(100.0)
+    assert float(speed["HalfCheetah-v5"]["wall_time_s_mean"]) == pytest.approx(100.5)  # from the manifest
+    assert float(speed["HalfCheetah-v5"]["peak_rss_mb_max"]) == pytest.approx(410.0)
+    assert speed["HalfCheetah-v5"]["ledger"] == "MISMATCH, ok" and speed["CartPole-v1"]["ledger"] == "ok"
+
+    text = open(os.path.join(out, "report.md")).read()
+    assert "9000.5 ± 100.25" in text and "142.5 ± 47.5" in text and "15.0 ± 5.0" in text
+    assert "Test CPU, 2 cores" in text and "python benchmarks/run.py --test" in text and "abc1234" in text
+    assert "last 20%" in text
+    for png in ("curves_steps.png", "curves_walltime.png"):
+        with open(os.path.join(out, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert os.path.getsize(os.path.join(out, png)) > 10_000
+    assert len(read_csv(os.path.join(out, "runs.csv"))) == 3
+
+
+def test_burn_in_steps_override(tmp_path):
+    root = str(tmp_path)
+    write_run(root, "sac_continuous", "Pendulum-v1", 1, speed=20.0, return_scale=1.0, eval_return=0.0)
+    run = report.load_run(report.find_run_dirs((root,))[0])
+    assert run.exp_name == "sac_continuous" and run.env_id == "Pendulum-v1" and run.seed == "1"
+    assert report.speed(run)["policy_sps"] == pytest.approx(20.0)
+    # from step 100: 900 steps in 200/100 + 700/20 seconds
+    assert report.speed(run, burn_in_steps=100)["policy_sps"] == pytest.approx(900 / (2.0 + 35.0))
+    assert report.final_return(run, 0.05) == pytest.approx(1000.0)
+
+
+def test_band_mean_and_std_across_seeds():
+    a = np.array([[0, 0, 0.0], [10, 0, 10.0]])
+    b = np.array([[0, 0, 2.0], [10, 0, 12.0], [20, 0, 22.0]])
+    x, mean, std = report.band([a, b], x_col=0, points=3)
+    assert list(x) == [0, 5, 10]  # only where every seed has data
+    assert list(mean) == [1.0, 6.0, 11.0]
+    assert list(std) == [1.0, 1.0, 1.0]
+
+
+def test_launcher_dry_run_commands(capsys):
+    launcher.main(
+        ["--dry-run", "--env-ids", "Pendulum-v1", "--seeds", "3", "--torchrun", "2", "--track", "--", "--num-envs", "2"]
+    )
+    out = capsys.readouterr().out
+    assert "torch.distributed.run --standalone --nproc-per-node=2" in out
+    assert "--env-id Pendulum-v1 --seed 3 --run-name Pendulum-v1__sac_continuous__3__" in out
+    assert "--track" in out and out.rstrip().endswith("--num-envs 2)")
+    assert f"WANDB_TAGS={launcher.git_describe()}" in out
+
+
+def test_launcher_records_a_failed_run(tmp_path):
+    out = str(tmp_path / "bad")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--env-ids", "NoSuchEnv-v0", "--seeds", "1", "--out", out, "--no-report"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert manifest["runs"][0]["returncode"] == 2
+    assert "--env-id" in open(os.path.join(out, manifest["runs"][0]["log"])).read()
+
+
+def test_quick_preset_end_to_end(tmp_path):
+    out = str(tmp_path / "quick")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--quick", "--out", out],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert manifest["git_describe"] == launcher.git_describe() != "unknown"
+    assert [(r["env_id"], r["seed"], r["returncode"]) for r in manifest["runs"]] == [
+        ("Pendulum-v1", 1, 0),
+        ("Pendulum-v1", 2, 0),
+    ]
+    for r in manifest["runs"]:
+        assert r["wall_time_s"] > 0 and r["peak_rss_mb"] > 50 and r["peak_tree_rss_mb"] >= r["peak_rss_mb"] - 1
+        assert os.path.exists(os.path.join(out, r["run_dir"], "steps.json"))
+    rows = read_csv(os.path.join(out, "report", "returns.csv"))
+    assert [(r["script"], r["env_id"], r["seeds"], r["policy_steps"]) for r in rows] == [
+        ("sac_continuous", "Pendulum-v1", "2", "400")
+    ]
+    speed = read_csv(os.path.join(out, "report", "speed.csv"))[0]
+    assert float(speed["policy_sps_mean"]) > 0 and float(speed["gradient_sps_mean"]) > 0 and speed["ledger"] == "ok"
+    for png in ("curves_steps.png", "curves_walltime.png"):
+        assert os.path.getsize(os.path.join(out, "report", png)) > 10_000
+
+
+def test_scaling_table_ratios(tmp_path):
+    rows = [
+        dict(config=name, world_size=n, per_rank_batch_size=256 // div, global_policy_steps=3000 * sx, policy_sps=sps,
+             gradient_sps=gsps, wall_time_s=wall, peak_tree_rss_mb=500.0, ledger="ok")
+        for (name, n, sx, _, div), sps, gsps, wall in zip(scaling.CONFIGS, [100, 150, 180], [50, 90, 60], [60.0, 80.0, 40.0])
+    ]  # fmt: skip
+    args = scaling.Args(output=str(tmp_path))
+    manifest = {"command": "python benchmarks/scaling.py", "git_describe": "x", "hardware": launcher.hardware()}
+    scaling.write_tables(args, rows, manifest, "sac_continuous")
+    table = {r["config"]: r for r in read_csv(os.path.join(tmp_path, "scaling.csv"))}
+    assert float(table["2 processes, same per-rank work"]["policy_sps_ratio"]) == pytest.approx(1.5)
+    assert float(table["2 processes, same per-rank work"]["gradient_sps_ratio"]) == pytest.approx(1.8)
+    assert float(table["2 processes, same global work"]["wall_time_speedup"]) == pytest.approx(1.5)
+    assert table["2 processes, same global work"]["per_rank_batch_size"] == "128"
+    assert "| 2 processes, same global work | 2 | 128 | 3,000 |" in open(os.path.join(tmp_path, "scaling.md")).read()
