@@ -109,7 +109,15 @@ def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.de
         torch.set_num_threads(threads)
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30))
+        timeout = timedelta(minutes=30)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's agent store outlives restarts; without a per-attempt prefix a restarted worker can read the
+            # gloo addresses of the killed attempt and fail with "connectFullMesh ... Connection refused".
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, False, timeout)
+            store = dist.PrefixStore(f"steprl/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+        else:
+            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
     return rank, local_rank, world_size, device
 
 

@@ -1,0 +1,65 @@
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ALGOS = ROOT / "algos"
+TESTS = Path(__file__).resolve().parent
+
+
+def load_script(name: str):
+    """Import an algos/ script as a module (its `__main__` block does not run)."""
+    spec = importlib.util.spec_from_file_location(f"steprl_script_{name}", ALGOS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so that inspect (and tyro's docstring lookup) can find the source
+    spec.loader.exec_module(module)
+    return module
+
+
+def script_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env["WANDB_MODE"] = env.get("WANDB_MODE_TESTS", "disabled")
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
+    return env
+
+
+def command(script: str, args: list[str], nproc: int = 1, torchrun_args: tuple[str, ...] = ()) -> list[str]:
+    path = str(ALGOS / script)
+    if nproc == 1 and not torchrun_args:
+        return [sys.executable, path, *args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *torchrun_args]
+    return [*launcher, path, *args]
+
+
+def run(script: str, args: list[str], cwd: Path, nproc: int = 1, timeout: float = 240, env: dict | None = None, **kw):
+    """Run a script to completion; returns the CompletedProcess (text output)."""
+    return subprocess.run(
+        command(script, args, nproc, **kw), cwd=cwd, env=env or script_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def ledger(cwd: Path, run_name: str | None = None) -> dict:
+    runs = sorted((cwd / "runs").iterdir()) if run_name is None else [cwd / "runs" / run_name]
+    assert len(runs) == 1, runs
+    return json.loads((runs[0] / "steps.json").read_text())
+
+
+def scalars(run_dir: Path, prefix: str = "losses/") -> dict[str, list[tuple[int, float]]]:
+    """Every scalar under `prefix` in a run's TensorBoard events, as (step, value) lists."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"] if t.startswith(prefix)}
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return tmp_path

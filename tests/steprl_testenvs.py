@@ -1,0 +1,36 @@
+"""Small gymnasium envs for the tests, registered on import so scripts can use `--env-id steprl_testenvs:Countdown-v0`."""
+
+import gymnasium as gym
+import numpy as np
+
+
+class CountdownEnv(gym.Env):
+    """Terminates on its `terminate_at`-th env step. The reward of env step t is t, so a summed reward tells exactly
+    which steps ran. Renders a tiny uint8 frame without any graphics library."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(self, terminate_at: int = 129, render_mode: str | None = None):
+        self.terminate_at, self.render_mode, self.t = terminate_at, render_mode, 0
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def _obs(self):
+        return np.array([self.t / self.terminate_at, self.np_random.uniform(-1, 1)], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(self.t), self.t >= self.terminate_at, False, {}
+
+    def render(self):
+        frame = np.zeros((32, 32, 3), dtype=np.uint8)
+        frame[:, : int(32 * self.t / self.terminate_at)] = 255
+        return frame
+
+
+gym.register("Countdown-v0", entry_point=CountdownEnv)

@@ -1,0 +1,221 @@
+"""End to end through subprocesses: plain python and torchrun, ledgers against plans, rank sync, determinism,
+checkpoint/resume, tracking, video, custom envs and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import command, ledger, run, scalars, script_env
+
+FAST = ["--env-id", "Pendulum-v1", "--per-rank-batch-size", "32", "--per-rank-buffer-size", "20000", "--no-cuda",
+        "--eval-episodes", "0", "--log-every", "200"]  # fmt: skip
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+def check_ledger_equals_plan(led: dict) -> None:
+    plan, actual = led["plan"], led["actual"]
+    assert actual["policy_steps"] == plan["policy_steps"]
+    assert actual["gradient_steps"] == plan["gradient_steps"] == sum(actual["per_rank_gradient_steps"])
+    assert actual["per_rank_gradient_steps"] == [plan["per_rank_gradient_steps"]] * plan["world_size"]
+
+
+def test_single_process_ledger(workdir):
+    proc = ok(run("sac.py", FAST + ["--total-steps", "600", "--num-envs", "2", "--learning-starts", "100",
+                                    "--replay-ratio", "0.75"], workdir))  # fmt: skip
+    led = ledger(workdir)
+    assert led["plan"] == {"world_size": 1, "num_envs": 2, "policy_steps_per_iteration": 2, "iterations": 300,
+                           "random_iterations": 50, "training_iterations": 250, "policy_steps": 600, "env_steps": 600,
+                           "per_rank_gradient_steps": 375, "gradient_steps": 375}  # fmt: skip
+    check_ledger_equals_plan(led)
+    assert led["actual"]["env_steps"] == 600  # action repeat 1: one env step per policy step
+    assert led["actual"]["episodes"] == 2  # Pendulum: 200-step episodes, 300 steps per env
+    assert led["actual"]["replay_ratio"] == 375 / 500
+    assert "step plan: 1 process(es) x 2 env(s) = 2 policy steps per iteration" in proc.stdout
+    run_dir = next((workdir / "runs").iterdir())
+    assert run_dir.name.startswith("Pendulum-v1__sac_continuous__1__")
+    tags = scalars(run_dir, "charts/")
+    assert tags["charts/gradient_steps"][-1] == (600, 375.0)
+    assert tags["charts/env_steps"][-1] == (600, 600.0)
+    assert tags["charts/replay_ratio"][-1] == (600, 0.75)
+    assert [s for s, _ in tags["charts/episodic_return"]] == [400]  # both episodes ended at policy step 400
+    assert tags["charts/episodic_length"][-1][1] == 200
+
+
+def test_action_repeat_ledger_counts_actual_env_steps(workdir):
+    # Countdown terminates on its 129th env step: with repeat 4 an episode is 33 policy steps and 129 env steps.
+    args = FAST + ["--env-id", "steprl_testenvs:Countdown-v0", "--action-repeat", "4", "--total-steps", "66",
+                   "--learning-starts", "66", "--num-envs", "1"]  # fmt: skip
+    ok(run("sac.py", args, workdir))
+    led = ledger(workdir)
+    assert led["plan"]["env_steps"] == 264
+    assert (led["actual"]["env_steps"], led["actual"]["episodes"]) == (258, 2)
+    assert led["actual"]["gradient_steps"] == 0
+
+
+def test_torchrun_worked_case_1_and_ranks_in_sync(workdir):
+    args = FAST + ["--total-steps", "1000", "--num-envs", "4", "--learning-starts", "100", "--replay-ratio", "0.5"]
+    proc = ok(run("sac.py", args + ["--max-episode-steps", "50"], workdir, nproc=2))
+    led = ledger(workdir)
+    keys = ("policy_steps_per_iteration", "iterations", "random_iterations", "training_iterations")
+    assert [led["plan"][k] for k in keys] == [8, 125, 13, 112]
+    assert (led["plan"]["per_rank_gradient_steps"], led["plan"]["gradient_steps"]) == (224, 448)
+    check_ledger_equals_plan(led)
+    assert led["actual"]["per_rank_gradient_steps"] == [224, 224]
+    assert led["actual"]["env_steps"] == 1000 and led["actual"]["policy_steps"] == 1000
+    assert led["actual"]["episodes"] == 16  # 8 envs x 125 policy steps, episodes truncated at 50 policy steps
+    checksums = led["actual"]["param_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert proc.stdout.count("step plan:") == 1  # rank 0 alone prints
+
+
+def test_torchrun_worked_case_4_one_warning(workdir):
+    args = FAST + ["--total-steps", "1001", "--num-envs", "4", "--learning-starts", "1001"]
+    proc = ok(run("sac.py", args, workdir, nproc=2))
+    led = ledger(workdir)
+    assert (led["plan"]["iterations"], led["actual"]["policy_steps"]) == (125, 1000)
+    assert proc.stderr.count("warning: --total-steps 1001 is not a multiple of 8") == 1
+
+
+def test_same_seed_same_losses_and_other_seed_differs(workdir):
+    args = FAST + ["--total-steps", "400", "--learning-starts", "100", "--log-every", "50"]
+    losses = []
+    for seed, name in [(3, "a"), (3, "b"), (4, "c")]:
+        ok(run("sac.py", args + ["--seed", str(seed), "--run-name", name], workdir))
+        losses.append(scalars(workdir / "runs" / name))
+    assert set(losses[0]) >= {"losses/qf1_loss", "losses/qf2_loss", "losses/actor_loss", "losses/alpha_loss", "losses/alpha"}
+    assert len(losses[0]["losses/qf1_loss"]) == 6
+    assert losses[0] == losses[1]
+    assert losses[0]["losses/qf1_loss"] != losses[2]["losses/qf1_loss"]
+
+
+def counters(led: dict) -> dict:
+    a = led["actual"]
+    return {"plan": led["plan"], "policy_steps": a["policy_steps"], "env_steps": a["env_steps"],
+            "per_rank": a["per_rank_gradient_steps"], "gradient_steps": a["gradient_steps"]}  # fmt: skip
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    end = time.time() + timeout
+    while not predicate():
+        assert time.time() < end, "timed out"
+        assert proc is None or proc.poll() is None, "process ended before the condition"
+        time.sleep(0.02)
+
+
+def test_kill_after_checkpoint_then_resume_gives_same_counters(workdir):
+    args = FAST + ["--total-steps", "1600", "--learning-starts", "100", "--checkpoint-every", "200", "--num-envs", "2"]
+    ok(run("sac.py", args + ["--run-name", "full"], workdir))
+    full = ledger(workdir, "full")
+
+    proc = subprocess.Popen(command("sac.py", args + ["--run-name", "cut"]), cwd=workdir, env=script_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    ckpts = workdir / "runs" / "cut" / "checkpoints"
+    wait_for(lambda: ckpts.exists() and any(not p.name.endswith(".tmp") for p in ckpts.iterdir()), 120, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "runs" / "cut" / "steps.json").exists(), "the run finished before it was killed"
+
+    resumed = ok(run("sac.py", args + ["--run-name", "cut", "--resume", "yes"], workdir))
+    assert "resumed from" in resumed.stdout
+    assert counters(ledger(workdir, "cut")) == counters(full)
+    assert len(list(ckpts.iterdir())) == 2  # --keep-checkpoints 2 (default)
+
+
+def test_checkpoint_loads_with_weights_only(workdir):
+    import torch
+
+    ok(run("sac.py", FAST + ["--total-steps", "300", "--learning-starts", "100", "--checkpoint-every", "300",
+                             "--run-name", "c"], workdir))  # fmt: skip
+    (ckpt,) = (workdir / "runs" / "c" / "checkpoints").iterdir()
+    shared = torch.load(ckpt / "shared.pt", weights_only=True)
+    local = torch.load(ckpt / "rank0.pt", weights_only=True)
+    assert shared["iteration"] == 300 and shared["ratio"] == {"training_iterations": 200, "gradient_steps": 200}
+    assert local["buffer"]["size"] == 300 and local["buffer"]["obs"].shape == (300, 3)
+
+
+def test_torchrun_max_restarts_resume_auto_after_a_killed_worker(workdir):
+    args = FAST + ["--total-steps", "2400", "--learning-starts", "100", "--checkpoint-every", "400", "--resume", "auto"]
+    proc = subprocess.Popen(command("sac.py", args, nproc=2, torchrun_args=("--max-restarts=1",)), cwd=workdir,
+                            env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    runs = workdir / "runs"
+
+    def checkpointed():
+        return runs.exists() and any(any(c.name.startswith("step_") and not c.name.endswith(".tmp")
+                                         for c in (r / "checkpoints").iterdir()) for r in runs.iterdir()
+                                     if (r / "checkpoints").exists())  # fmt: skip
+
+    wait_for(checkpointed, 180, proc)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resumed from" in out
+    (run_dir,) = runs.iterdir()  # the restarted workers found the first attempt's run directory
+    led = json.loads((run_dir / "steps.json").read_text())
+    check_ledger_equals_plan(led)
+    assert led["actual"]["param_checksums"][0] == led["actual"]["param_checksums"][1]
+
+
+def test_track_offline_writes_a_wandb_run(workdir):
+    env = script_env() | {"WANDB_MODE": "offline"}
+    ok(run("sac.py", FAST + ["--total-steps", "200", "--learning-starts", "100", "--track", "--run-name", "w"], workdir,
+           env=env))  # fmt: skip
+    wandb_dir = workdir / "runs" / "w" / "wandb"
+    assert any(p.name.startswith("offline-run-") for p in wandb_dir.iterdir())
+
+
+def test_custom_env_module_syntax_eval_and_video(workdir):
+    args = FAST + ["--env-id", "steprl_testenvs:Countdown-v0", "--total-steps", "100", "--learning-starts", "50",
+                   "--eval-episodes", "2", "--capture-video", "--run-name", "v"]  # fmt: skip
+    ok(run("sac.py", args, workdir))
+    led = ledger(workdir, "v")
+    assert led["eval"]["episodes"] == 2 and led["eval"]["mean_length"] == 129
+    assert led["eval"]["mean_return"] == sum(range(1, 130))
+    assert list((workdir / "runs" / "v" / "videos").glob("*.mp4"))
+    assert scalars(workdir / "runs" / "v", "eval/")["eval/episodic_return"] == [(100, float(sum(range(1, 130))))]
+
+
+BAD = [
+    (["--num-envs", "0"], "--num-envs"),
+    (["--total-steps", "3", "--num-envs", "4"], "--total-steps"),
+    (["--env-id", "CartPole-v1"], "continuous (Box) action space"),
+    (["--env-id", "HalfCheeta-v5"], "HalfCheetah-v5"),
+    (["--env-id", "no_such_module:Foo-v0"], "cannot import module"),
+    (["--replay-ratio", "-1"], "--replay-ratio"),
+    (["--gamma", "1.5"], "--gamma"),
+    (["--per-rank-batch-size", "0"], "--per-rank-batch-size"),
+    (["--resume", "yes"], "--run-name"),
+    (["--resume", "yes", "--run-name", "nothing-here"], "no checkpoint"),
+    (["--total-steps", "1.5"], "total-steps"),
+    (["--world-size", "4"], "world-size"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD, ids=[" ".join(b) for b, _ in BAD])
+def test_bad_input_exits_2_with_message(workdir, bad, message):
+    proc = run("sac.py", FAST + ["--total-steps", "400"] + bad, workdir, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (workdir / "runs").exists()
+
+
+def test_bad_input_under_torchrun_stops_without_hang(workdir):
+    proc = run("sac.py", FAST + ["--num-envs", "0"], workdir, nproc=2, timeout=90)
+    assert proc.returncode != 0
+    assert "error: --num-envs: got 0; it must be at least 1" in proc.stderr
+
+
+def test_help_works():
+    for script in ["sac.py", "sac_continuous.py"]:
+        proc = subprocess.run(command(script, ["--help"]), capture_output=True, text=True, env=script_env(), timeout=60)
+        assert proc.returncode == 0 and "--total-steps" in proc.stdout and "--replay-ratio" in proc.stdout
