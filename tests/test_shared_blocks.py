@@ -1,0 +1,41 @@
+"""Blocks inlined on purpose in every script (`# --- SHARED: <name> ---` ... `# --- END SHARED ---`) stay identical,
+and the shared module stays plumbing."""
+
+import re
+
+from conftest import ALGOS, ROOT
+
+BLOCK = re.compile(r"# --- SHARED: (.+?) ---\n(.*?)# --- END SHARED ---", re.DOTALL)
+REQUIRED = {"action repeat", "step counter"}
+
+
+def blocks(path) -> dict[str, str]:
+    found = BLOCK.findall(path.read_text())
+    names = [name for name, _ in found]
+    assert len(names) == len(set(names)), f"{path.name}: a SHARED block appears twice"
+    return dict(found)
+
+
+def scripts():
+    return sorted(p for p in ALGOS.glob("*.py") if not p.is_symlink())
+
+
+def test_sac_short_name_is_a_symlink():
+    assert (ALGOS / "sac.py").is_symlink() and (ALGOS / "sac.py").resolve() == ALGOS / "sac_continuous.py"
+
+
+def test_every_script_inlines_the_required_blocks_identically():
+    reference = blocks(ALGOS / "sac_continuous.py")
+    assert set(reference) == REQUIRED and all(len(text.splitlines()) > 10 for text in reference.values())
+    for path in scripts():
+        mine = blocks(path)
+        assert set(mine) == REQUIRED, f"{path.name} has SHARED blocks {sorted(mine)}"
+        for name in REQUIRED:
+            assert mine[name] == reference[name], f"{path.name}: SHARED block {name!r} differs from sac_continuous.py"
+
+
+def test_utils_holds_no_algorithm():
+    text = (ROOT / "utils" / "__init__.py").read_text()
+    for forbidden in ("class ReplayBuffer", "class ActionRepeat", "class Ratio", "nn.Module", "def step_plan"):
+        assert forbidden not in text
+    assert len(text.splitlines()) < 330
