@@ -410,7 +410,7 @@ def twohot_bins(n: int = BINS) -> torch.Tensor:
 def twohot(y: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     """Weights on the two raw-space bins around y (linear interpolation), [..., n]; clipped at the outer bins."""
     n = len(bins)
-    count = torch.bucketize(y, bins, right=True)  # number of bins <= y
+    count = torch.bucketize(y.contiguous(), bins, right=True)  # number of bins <= y
     below, above = (count - 1).clamp(0, n - 1), count.clamp(0, n - 1)
     equal = below == above
     to_below = torch.where(equal, 1.0, (bins[below] - y).abs())
@@ -438,9 +438,10 @@ def unimix_probs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
 
 
 def sample_index(probs: torch.Tensor) -> torch.Tensor:
-    """Categorical samples by Gumbel-max (much faster than torch.multinomial for many small categoricals on CPU)."""
-    gumbel = -torch.log(-torch.log(torch.rand_like(probs).clamp(1e-20, 1.0)).clamp(min=1e-20))
-    return (probs.detach().log() + gumbel).argmax(-1)
+    """Categorical samples as argmax(p / E) with E ~ Exponential(1), i.e. Gumbel-max (much faster than
+    torch.multinomial for many small categoricals on CPU)."""
+    noise = torch.empty(probs.shape, device=probs.device).exponential_()
+    return (probs.detach() / noise).argmax(-1)
 
 
 def sample_onehot(probs: torch.Tensor) -> torch.Tensor:
@@ -451,6 +452,26 @@ def sample_onehot(probs: torch.Tensor) -> torch.Tensor:
 def categorical_kl(p_logprobs: torch.Tensor, q_logprobs: torch.Tensor) -> torch.Tensor:
     """KL(p || q) of [..., S, K] categoricals, summed over the S latents."""
     return (p_logprobs.exp() * (p_logprobs - q_logprobs)).sum((-2, -1))
+
+
+def kl_losses(post: torch.Tensor, prior: torch.Tensor, free_nats: float) -> dict[str, torch.Tensor]:
+    """Dynamics loss (trains the prior towards the frozen posterior) and representation loss (the posterior towards the
+    frozen prior), each max(free_nats, KL summed over the latents): below free_nats the gradient is exactly zero."""
+    dyn_kl, rep_kl = categorical_kl(post.detach(), prior), categorical_kl(post, prior.detach())
+    return {"dyn": dyn_kl.clamp(min=free_nats), "rep": rep_kl.clamp(min=free_nats), "dyn_kl": dyn_kl, "rep_kl": rep_kl}
+
+
+def recon_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over an observation's dims: images as uint8 / 255 against the sigmoid output, vectors in
+    symlog space. [B, T, ...] -> [B, T]."""
+    target = target.float() / 255.0 if target.dtype == torch.uint8 else symlog(target)
+    return (pred - target).pow(2).flatten(2).sum(-1)
+
+
+def continue_target(is_terminal: torch.Tensor, horizon: float) -> torch.Tensor:
+    """The continue head's target: 0 at a real termination, else the discount 1 - 1/horizon (time-limit ends are not
+    terminations)."""
+    return (1 - is_terminal.float()) * (1 - 1 / horizon)
 
 
 def lambda_return(rewards, continues, values, gamma, lam) -> torch.Tensor:
@@ -1018,18 +1039,16 @@ if __name__ == "__main__":
         deter, stoch, post, prior = agent.rssm.observe(embed, data["action"], is_first)
         S, K = post.shape[-2:]
         assert deter.shape[:2] == (B, T) and post.shape == prior.shape == (B, T, S, K), (deter.shape, post.shape)
-        dyn_kl = categorical_kl(post.detach(), prior)  # [B, T], summed over the latents
-        rep_kl = categorical_kl(post, prior.detach())
-        losses["dyn"] = torch.clamp(dyn_kl, min=args.free_nats)
-        losses["rep"] = torch.clamp(rep_kl, min=args.free_nats)
+        kl = kl_losses(post, prior, args.free_nats)  # [B, T], summed over the latents
+        losses["dyn"], losses["rep"], dyn_kl, rep_kl = kl["dyn"], kl["rep"], kl["dyn_kl"], kl["rep_kl"]
         feat = feat_of(deter, stoch)
-        recon = agent.decoder(feat)
-        for k, pred in recon.items():
-            target = obs[k].float() / 255.0 if obs[k].dtype == torch.uint8 else symlog(obs[k])
-            losses[f"rec_{k}"] = (pred - target).pow(2).flatten(2).sum(-1)
+        for k, pred in agent.decoder(feat).items():
+            losses[f"rec_{k}"] = recon_loss(pred, obs[k])
         losses["rew"] = twohot_loss(agent.reward(feat), reward, agent.bins)
-        con_target = (1 - is_terminal) * (1 - 1 / args.horizon)
-        losses["con"] = F.binary_cross_entropy_with_logits(agent.cont(feat).squeeze(-1), con_target, reduction="none")
+        con_logits = agent.cont(feat).squeeze(-1)
+        losses["con"] = F.binary_cross_entropy_with_logits(
+            con_logits, continue_target(is_terminal, args.horizon), reduction="none"
+        )
         assert all(v.shape == (B, T) for v in losses.values()), {k: v.shape for k, v in losses.items()}
 
         # IMAGINATION: H steps from every posterior state (B * T starts), trajectories without gradients
