@@ -334,11 +334,13 @@ def hardware_line(runs: list[Run]) -> str:
         from run import hardware
 
         hw, source = hardware(), "the machine that made this report; no launcher manifest"
+    loads = [x for r in runs for x in r.launch.get("loadavg_1min", [])]
+    load = f"; 1-minute load average at run start/exit: {min(loads):.1f} to {max(loads):.1f}" if loads else ""
     threads = sorted({str(r.config.get("torch_threads", "?")) for r in runs})
     worlds = sorted({r.world_size for r in runs})
     return (
         f"CPU: {hw['cpu']}, {hw['cores']} cores; GPU: {hw['gpu']}; torch {hw['torch']}; "
-        f"torch threads per process: {', '.join(threads)}; world size: {', '.join(map(str, worlds))} ({source})"
+        f"torch threads per process: {', '.join(threads)}; world size: {', '.join(map(str, worlds))}{load} ({source})"
     )
 
 

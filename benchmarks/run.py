@@ -48,6 +48,10 @@ class Args:
     """if toggled, run benchmarks/report.py on `<out>` at the end (writes `<out>/report/`)"""
     report_dir: str | None = None
     """where the report goes (default: `<out>/report`)"""
+    report_title: str | None = None
+    """passed to the report as `--title`"""
+    report_note: str | None = None
+    """passed to the report as `--note` (e.g. how loaded the machine was)"""
     quick: bool = False
     """smoke-test preset: Pendulum-v1 (CartPole-v1 for Dreamer), seeds 1 2, tiny budgets, 2 workers, then the report"""
     dry_run: bool = False
@@ -60,7 +64,10 @@ QUICK = {
         env_ids=("Pendulum-v1",),
         flags=["--total-steps", "400", "--learning-starts", "200", "--log-every", "50", "--eval-episodes", "1"],
     ),
-    "dreamer": dict(env_ids=("CartPole-v1",), flags=["--total-steps", "400", "--learning-starts", "200", "--log-every", "50"]),
+    "dreamer": dict(
+        env_ids=("CartPole-v1",),
+        flags=["--total-steps", "400", "--learning-starts", "200", "--log-every", "50", "--eval-episodes", "1"],
+    ),
 }
 
 
@@ -133,7 +140,7 @@ def launch(cmd: list[str], cwd: str, env: dict, log_path: str) -> dict:
     with open(log_path, "w") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
-        start = time.time()
+        start, load_start = time.time(), os.getloadavg()[0]
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         peak_tree, done = [0], threading.Event()
 
@@ -156,6 +163,7 @@ def launch(cmd: list[str], cwd: str, env: dict, log_path: str) -> dict:
         "peak_rss_mb": round(peak, 1),
         "peak_tree_rss_mb": round(max(peak_tree[0] / 1024, peak), 1),
         "start_time": start,
+        "loadavg_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # at start and at exit
     }
 
 
@@ -165,6 +173,12 @@ def run_command(script: str, torchrun: int, flags: list[str]) -> list[str]:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"]
         return launcher + [script] + flags
     return [sys.executable, script] + flags
+
+
+def short(path: str) -> str:
+    """`path` relative to the current directory when it lies inside it (so recorded commands stay portable)."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def write_json(path: str, obj) -> None:
@@ -275,7 +289,16 @@ def main(argv: list[str] | None = None) -> dict:
     failed = [r for r in records if r["returncode"] != 0]
     if args.report:
         report_dir = os.path.abspath(args.report_dir or os.path.join(out, "report"))
-        cmd = [sys.executable, os.path.join(REPO, "benchmarks", "report.py"), "--runs", out, "--output", report_dir]
+        cmd = [
+            sys.executable,
+            os.path.join(REPO, "benchmarks", "report.py"),
+            "--runs",
+            short(out),
+            "--output",
+            short(report_dir),
+        ]
+        cmd += ["--title", args.report_title] if args.report_title else []
+        cmd += ["--note", args.report_note] if args.report_note else []
         print("$ " + shlex.join(cmd), flush=True)
         if subprocess.run(cmd).returncode != 0:
             failed.append({"run_name": "report"})

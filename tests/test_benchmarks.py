@@ -158,7 +158,7 @@ def test_launcher_records_a_failed_run(tmp_path):
 def test_quick_preset_end_to_end(tmp_path):
     out = str(tmp_path / "quick")
     result = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--quick", "--out", out],
+        [sys.executable, "benchmarks/run.py", "--quick", "--out", out, "--report-title", "Quick check"],
         cwd=REPO,
         env=ENV,
         capture_output=True,
@@ -174,7 +174,7 @@ def test_quick_preset_end_to_end(tmp_path):
     ]
     for r in manifest["runs"]:
         assert r["wall_time_s"] > 0 and r["peak_rss_mb"] > 50 and r["peak_tree_rss_mb"] >= r["peak_rss_mb"] - 1
-        assert os.path.exists(os.path.join(out, r["run_dir"], "steps.json"))
+        assert os.path.exists(os.path.join(out, r["run_dir"], "steps.json")) and len(r["loadavg_1min"]) == 2
     rows = read_csv(os.path.join(out, "report", "returns.csv"))
     assert [(r["script"], r["env_id"], r["seeds"], r["policy_steps"]) for r in rows] == [
         ("sac_continuous", "Pendulum-v1", "2", "400")
@@ -183,6 +183,8 @@ def test_quick_preset_end_to_end(tmp_path):
     assert float(speed["policy_sps_mean"]) > 0 and float(speed["gradient_sps_mean"]) > 0 and speed["ledger"] == "ok"
     for png in ("curves_steps.png", "curves_walltime.png"):
         assert os.path.getsize(os.path.join(out, "report", png)) > 10_000
+    text = open(os.path.join(out, "report", "report.md")).read()
+    assert text.startswith("# Quick check") and "python benchmarks/run.py --quick" in text and "load average" in text
 
 
 def test_scaling_table_ratios(tmp_path):
