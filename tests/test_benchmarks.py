@@ -202,3 +202,52 @@ def test_scaling_table_ratios(tmp_path):
     assert float(table["2 processes, same global work"]["wall_time_speedup"]) == pytest.approx(1.5)
     assert table["2 processes, same global work"]["per_rank_batch_size"] == "128"
     assert "| 2 processes, same global work | 2 | 128 | 3,000 |" in open(os.path.join(tmp_path, "scaling.md")).read()
+
+
+FAKE_SCRIPT = """
+import json, os, sys
+from torch.utils.tensorboard import SummaryWriter
+
+flags = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+total, starts, every = int(flags["--total-steps"]), int(flags["--learning-starts"]), int(flags["--log-every"])
+if rank == 0:  # logs as if it ran 100 policy steps/s per process, one global gradient step per policy step
+    run_dir = os.path.join("runs", flags["--run-name"])
+    writer = SummaryWriter(run_dir)
+    config = {"exp_name": "fake_algo", "env_id": flags["--env-id"], "seed": flags["--seed"], "world_size": world_size}
+    writer.add_text("hyperparameters", "|param|value|\\n|-|-|\\n" + "\\n".join(f"|{k}|{v}|" for k, v in config.items()))
+    for step in range(every, total + 1, every):
+        wall = 1000.0 + step / (100.0 * world_size)
+        writer.add_scalar("charts/SPS", 1.0, step, walltime=wall)
+        writer.add_scalar("charts/gradient_steps", max(step - starts, 0), step, walltime=wall)
+        writer.add_scalar("charts/episodic_return", float(flags["--per-rank-batch-size"]), step, walltime=wall)
+    writer.close()
+    counts = {"world_size": world_size, "policy_steps": total, "gradient_steps": total - starts}
+    json.dump({"plan": counts, "actual": counts}, open(os.path.join(run_dir, "steps.json"), "w"))
+"""
+
+
+def test_scaling_end_to_end_under_torchrun(tmp_path):
+    script = tmp_path / "fake_algo.py"
+    script.write_text(FAKE_SCRIPT)
+    out, output = str(tmp_path / "raw"), str(tmp_path / "table")
+    argv = ["--script", str(script), "--env-id", "Fake-v0", "--per-rank-steps", "1000", "--learning-starts", "200"]
+    argv += ["--log-every", "100", "--out", out, "--output", output]
+    rows = scaling.main(argv)
+    assert [(r["config"], r["world_size"], r["per_rank_batch_size"], r["global_policy_steps"]) for r in rows] == [
+        ("1 process", 1, 256, 1000),
+        ("2 processes, same per-rank work", 2, 256, 2000),
+        ("2 processes, same global work", 2, 128, 1000),
+    ]
+    assert [round(r["policy_sps"], 6) for r in rows] == [100.0, 200.0, 200.0]
+    assert [round(r["gradient_sps"], 6) for r in rows] == [100.0, 200.0, 200.0]
+    table = {r["config"]: r for r in read_csv(os.path.join(output, "scaling.csv"))}
+    assert float(table["2 processes, same per-rank work"]["policy_sps_ratio"]) == pytest.approx(2.0)
+    assert float(table["2 processes, same global work"]["gradient_sps_ratio"]) == pytest.approx(2.0)
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    commands = [r["command"] for r in manifest["runs"]]
+    assert all("torch.distributed.run --standalone" in c for c in commands)
+    assert (
+        "--nproc-per-node=2" in commands[2] and "--total-steps 1000" in commands[2] and "--learning-starts 200" in commands[2]
+    )
+    assert "--total-steps 2000 --learning-starts 400 --per-rank-batch-size 256" in commands[1]
