@@ -248,9 +248,9 @@ class DictObs(gym.ObservationWrapper):
         return out
 
 
-def make_env(env_id: str, action_repeat: int, max_episode_steps: int | None, image_size: int, render_mode=None):
+def make_env(env_id: str, action_repeat: int, max_episode_steps: int | None, image_size: int):
     def thunk():
-        env = gym.make(env_id, render_mode=render_mode)
+        env = gym.make(env_id)
         return DictObs(wrap_steps(env, action_repeat, max_episode_steps), image_size)
 
     return thunk

@@ -75,6 +75,8 @@ class Args:
     """continue from the newest checkpoint of the run directory: `yes` requires one, `auto` starts fresh without"""
     torch_threads: int = 1
     """torch intra-op threads per process on CPU (1 is fastest for these small networks on shared cores)"""
+    compile: bool = False
+    """if toggled, `torch.compile` the loss functions (about a minute of start-up; see the page for when it pays)"""
     log_every: Steps = 1000
     """global policy steps between scalar logs"""
     eval_episodes: int = 10
@@ -358,6 +360,32 @@ class Actor(nn.Module):
         return action, log_prob.sum(-1), torch.tanh(mean) * self.action_scale + self.action_bias
 
 
+# ALGO LOGIC: losses, pure functions of one minibatch (so `--compile` can compile them and a test can check them)
+def critic_loss(actor: Actor, qf: TwinQ, qf_target: TwinQ, data: tuple[torch.Tensor, ...], alpha: torch.Tensor, gamma: float):
+    """Soft Bellman error of both critics, summed (CleanRL's qf_loss = qf1_loss + qf2_loss), and its metrics."""
+    obs, next_obs, actions, rewards, terminations = data
+    with torch.no_grad():
+        next_actions, next_log_pi, _ = actor.get_action(next_obs)
+        qf_next_target = qf_target(next_obs, next_actions).min(0).values - alpha * next_log_pi
+        next_q_value = rewards + (1 - terminations) * gamma * qf_next_target
+    qf_values = qf(obs, actions)  # [2, B]
+    qf_losses = (qf_values - next_q_value).pow(2).mean(1)
+    qf_loss = qf_losses.sum()
+    metrics = {"qf1_values": qf_values[0].mean(), "qf2_values": qf_values[1].mean(), "qf1_loss": qf_losses[0],
+               "qf2_loss": qf_losses[1], "qf_loss": qf_loss / 2.0}  # fmt: skip
+    return qf_loss, {k: v.detach() for k, v in metrics.items()}
+
+
+def actor_alpha_loss(actor: Actor, qf: TwinQ, obs: torch.Tensor, log_alpha: torch.Tensor, alpha: torch.Tensor,
+                     target_entropy: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Actor loss, and the entropy-temperature loss from the same log-probabilities (one actor pass, not two)."""
+    pi, log_pi, _ = actor.get_action(obs)
+    min_qf_pi = qf(obs, pi, detach_params=True).min(0).values  # gradients reach the actions, not the critic weights
+    actor_loss = (alpha * log_pi - min_qf_pi).mean()
+    alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+    return actor_loss, alpha_loss
+
+
 def validate(args: Args) -> None:
     """Bad input: exit 2 with the flag and the fix, before any env or process group starts (same on every rank)."""
     for flag, value, low in [
@@ -479,11 +507,11 @@ if __name__ == "__main__":
     qf_target = TwinQ(obs_dim, act_dim).to(device)
     qf_target.load_state_dict(qf.state_dict())
     torch.manual_seed(args.seed + rank)
-    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, fused=True)  # fused: one kernel for all tensors
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
     target_entropy = -float(act_dim)
     log_alpha = torch.tensor(0.0 if args.autotune else math.log(args.alpha), device=device, requires_grad=True)
-    a_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    a_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr, fused=True)
     rb = ReplayBuffer(args.per_rank_buffer_size, obs_dim, act_dim, device)
 
     # TRY NOT TO MODIFY: counters (per rank), restored from a checkpoint when resuming
@@ -519,41 +547,23 @@ if __name__ == "__main__":
         obs, _ = envs.reset(seed=[args.seed + rank * m + i for i in range(m)])
     alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
     actor_params, qf_params, qf_target_params = list(actor.parameters()), list(qf.parameters()), list(qf_target.parameters())
+    if args.compile:
+        critic_loss, actor_alpha_loss = torch.compile(critic_loss), torch.compile(actor_alpha_loss)
 
     # ALGO LOGIC: one gradient step
     def update(data: tuple[torch.Tensor, ...], update_actor: bool, update_target: bool) -> dict[str, torch.Tensor]:
         global alpha
-        b_obs, b_next_obs, b_actions, b_rewards, b_terminations = data
-        with torch.no_grad():
-            next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
-            qf_next_target = qf_target(b_next_obs, next_actions).min(0).values - alpha * next_log_pi
-            next_q_value = b_rewards + (1 - b_terminations) * args.gamma * qf_next_target
-        qf_values = qf(b_obs, b_actions)  # [2, B]
-        qf_losses = (qf_values - next_q_value).pow(2).mean(1)
-        qf_loss = qf_losses.sum()
+        qf_loss, metrics = critic_loss(actor, qf, qf_target, data, alpha, args.gamma)
         q_optimizer.zero_grad(set_to_none=False)
         qf_loss.backward()
         all_reduce_grads(qf_params, world_size)
         q_optimizer.step()
-        metrics = {
-            "qf1_values": qf_values[0].mean(),
-            "qf2_values": qf_values[1].mean(),
-            "qf1_loss": qf_losses[0],
-            "qf2_loss": qf_losses[1],
-            "qf_loss": qf_loss / 2.0,
-        }
         if update_actor:
             for _ in range(args.policy_frequency):  # compensate for the delay by doing `policy_frequency` updates
-                pi, log_pi, _ = actor.get_action(b_obs)
-                min_qf_pi = qf(b_obs, pi, detach_params=True).min(0).values  # no critic weight gradients
-                actor_loss = (alpha * log_pi - min_qf_pi).mean()
+                actor_loss, alpha_loss = actor_alpha_loss(actor, qf, data[0], log_alpha, alpha, target_entropy)
                 actor_optimizer.zero_grad(set_to_none=False)
-                loss = actor_loss
-                if args.autotune:  # alpha from the same log-probabilities as the actor loss (one actor pass)
-                    alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
-                    a_optimizer.zero_grad(set_to_none=False)
-                    loss = actor_loss + alpha_loss
-                loss.backward()
+                a_optimizer.zero_grad(set_to_none=False)
+                (actor_loss + alpha_loss if args.autotune else actor_loss).backward()
                 all_reduce_grads(actor_params + ([log_alpha] if args.autotune else []), world_size)
                 actor_optimizer.step()
                 metrics["actor_loss"] = actor_loss.detach()
@@ -565,7 +575,7 @@ if __name__ == "__main__":
             with torch.no_grad():
                 torch._foreach_lerp_(qf_target_params, qf_params, args.tau)
         metrics["alpha"] = alpha
-        return {k: v.detach() for k, v in metrics.items()}
+        return metrics
 
     def save(iteration: int) -> None:
         shared = {
@@ -595,12 +605,14 @@ if __name__ == "__main__":
 
     # TRY NOT TO MODIFY: start the loop
     metrics, last_return = {}, float("nan")
-    start_time, last_print = time.time(), time.time()
+    start_time, start_step, last_print = time.time(), start_iteration * P, time.time()  # SPS excludes the random pre-fill
     progress = tqdm(total=N * P, initial=start_iteration * P, unit="step", disable=None if rank == 0 else True)
     for iteration in range(start_iteration + 1, N + 1):
         policy_step = iteration * P  # global policy steps once this iteration's env step is done
 
         # ALGO LOGIC: put action logic here
+        if iteration == R + 1 and R > start_iteration:
+            start_time, start_step = time.time(), (iteration - 1) * P
         if iteration <= R:
             actions = action_rng.uniform(low, high, (m, act_dim)).astype(np.float32)
         else:
@@ -637,7 +649,7 @@ if __name__ == "__main__":
             ep_sum, len_sum, eps, env_steps = all_sum(window + [local_env_steps], world_size)
             window = [0.0, 0.0, 0.0]
             if rank == 0:
-                sps = (policy_step - start_iteration * P) / (time.time() - start_time)
+                sps = (policy_step - start_step) / (time.time() - start_time)
                 gradient_steps = ratio.gradient_steps * world_size
                 if eps:
                     last_return = ep_sum / eps

@@ -1,0 +1,126 @@
+"""The optimised SAC update (stacked twin critics, closed-form log-probabilities, no critic weight gradients in the
+actor loss, one actor pass for alpha) computes the same losses and gradients as a straightforward CleanRL-style
+update with two separate critics and torch.distributions, on the same batch and the same noise."""
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import load_script
+
+sac = load_script("sac_continuous")
+OBS, ACT, B = 5, 3, 64
+
+
+class SoftQNetwork(nn.Module):
+    """One critic as CleanRL writes it: three nn.Linear layers."""
+
+    def __init__(self, w: list[torch.Tensor], b: list[torch.Tensor]):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = (nn.Linear(wi.shape[0], wi.shape[1]) for wi in w)
+        with torch.no_grad():
+            for layer, wi, bi in zip((self.fc1, self.fc2, self.fc3), w, b):
+                layer.weight.copy_(wi.T)
+                layer.bias.copy_(bi.reshape(-1))
+
+    def forward(self, x, a):
+        x = torch.cat([x, a], 1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x))))).view(-1)
+
+
+def split(qf):
+    """Two SoftQNetworks holding the same weights as the stacked TwinQ."""
+    return [SoftQNetwork([w[i] for w in qf.weights], [b[i] for b in qf.biases]) for i in range(2)]
+
+
+def reference_action(actor, x, eps):
+    mean, log_std = actor(x)
+    std = log_std.exp()
+    normal = torch.distributions.Normal(mean, std)
+    x_t = mean + std * eps
+    y_t = torch.tanh(x_t)
+    log_prob = normal.log_prob(x_t) - torch.log(actor.action_scale * (1 - y_t.pow(2)) + 1e-6)
+    return y_t * actor.action_scale + actor.action_bias, log_prob.sum(1)
+
+
+def setup():
+    torch.manual_seed(0)
+    low, high = np.array([-1.0, -2.0, 0.0]), np.array([1.0, 2.0, 3.0])
+    actor, qf, qf_target = sac.Actor(OBS, ACT, low, high), sac.TwinQ(OBS, ACT), sac.TwinQ(OBS, ACT)
+    data = (torch.randn(B, OBS), torch.randn(B, OBS), torch.rand(B, ACT), torch.randn(B), (torch.rand(B) < 0.2).float())
+    return actor, qf, qf_target, data
+
+
+def test_twin_q_matches_two_separate_critics():
+    actor, qf, _, data = setup()
+    q = qf(data[0], data[2])
+    q1, q2 = split(qf)
+    assert q.shape == (2, B)
+    torch.testing.assert_close(q[0], q1(data[0], data[2]))
+    torch.testing.assert_close(q[1], q2(data[0], data[2]))
+
+
+def test_critic_loss_and_gradients_match_reference():
+    actor, qf, qf_target, (obs, next_obs, actions, rewards, terms) = setup()
+    alpha, gamma = torch.tensor(0.3), 0.99
+    torch.manual_seed(1)
+    loss, metrics = sac.critic_loss(actor, qf, qf_target, (obs, next_obs, actions, rewards, terms), alpha, gamma)
+    loss.backward()
+
+    torch.manual_seed(1)
+    eps = torch.randn(B, ACT)
+    q1, q2 = split(qf)
+    q1_t, q2_t = split(qf_target)
+    with torch.no_grad():
+        next_a, next_log_pi = reference_action(actor, next_obs, eps)
+        target = torch.min(q1_t(next_obs, next_a), q2_t(next_obs, next_a)) - alpha * next_log_pi
+        next_q = rewards + (1 - terms) * gamma * target
+    qf1_loss = F.mse_loss(q1(obs, actions), next_q)
+    qf2_loss = F.mse_loss(q2(obs, actions), next_q)
+    (qf1_loss + qf2_loss).backward()
+
+    torch.testing.assert_close(metrics["qf1_loss"], qf1_loss.detach())
+    torch.testing.assert_close(metrics["qf2_loss"], qf2_loss.detach())
+    torch.testing.assert_close(loss.detach(), (qf1_loss + qf2_loss).detach())
+    for i, ref in enumerate((q1, q2)):
+        for j, layer in enumerate((ref.fc1, ref.fc2, ref.fc3)):
+            torch.testing.assert_close(qf.weights[j].grad[i], layer.weight.grad.T)
+            torch.testing.assert_close(qf.biases[j].grad[i].reshape(-1), layer.bias.grad)
+    assert all(p.grad is None for p in actor.parameters())  # the target is computed without the actor's graph
+
+
+def test_actor_and_alpha_losses_and_gradients_match_reference():
+    actor, qf, _, (obs, *_rest) = setup()
+    log_alpha = torch.tensor(-0.5, requires_grad=True)
+    alpha, target_entropy = log_alpha.exp().detach(), -float(ACT)
+    torch.manual_seed(2)
+    actor_loss, alpha_loss = sac.actor_alpha_loss(actor, qf, obs, log_alpha, alpha, target_entropy)
+    (actor_loss + alpha_loss).backward()
+    grads = [p.grad.clone() for p in actor.parameters()]
+    assert all(p.grad is None for p in qf.parameters())  # no wasted critic weight gradients
+
+    actor.zero_grad()
+    ref_log_alpha = torch.tensor(-0.5, requires_grad=True)
+    torch.manual_seed(2)
+    eps = torch.randn(B, ACT)
+    q1, q2 = split(qf)
+    pi, log_pi = reference_action(actor, obs, eps)
+    ref_actor_loss = (alpha * log_pi - torch.min(q1(obs, pi), q2(obs, pi))).mean()
+    ref_alpha_loss = (-ref_log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+    ref_actor_loss.backward()
+    ref_alpha_loss.backward()
+
+    torch.testing.assert_close(actor_loss.detach(), ref_actor_loss.detach())
+    torch.testing.assert_close(alpha_loss.detach(), ref_alpha_loss.detach())
+    torch.testing.assert_close(log_alpha.grad, ref_log_alpha.grad)
+    for g, p in zip(grads, actor.parameters()):
+        torch.testing.assert_close(g, p.grad)
+
+
+def test_action_bounds_and_deterministic_action():
+    actor, _, _, (obs, *_rest) = setup()
+    action, log_prob, mean_action = actor.get_action(obs)
+    low, high = torch.tensor([-1.0, -2.0, 0.0]), torch.tensor([1.0, 2.0, 3.0])
+    assert ((action >= low) & (action <= high)).all() and ((mean_action >= low) & (mean_action <= high)).all()
+    assert log_prob.shape == (B,)
+    torch.testing.assert_close(actor.get_action(obs)[2], mean_action)  # deterministic part is noise-free
