@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "peak_rss_mb": run.launch.get("peak_rss_mb", float("nan")),
                 "peak_tree_rss_mb": run.launch.get("peak_tree_rss_mb", float("nan")),
                 "ledger": ledger_status(run),
-                "run_dir": run.run_dir,
+                "run_dir": os.path.relpath(run.run_dir) if not os.path.relpath(run.run_dir).startswith("..") else run.run_dir,
             }
         )
     write_csv(os.path.join(args.output, "runs.csv"), per_run)
