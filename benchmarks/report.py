@@ -507,6 +507,16 @@ def main(argv: list[str] | None = None) -> dict:
     lines += ["Produced by:", "", "```bash"] + commands + [report_cmd, "```", ""]
     if tags:
         lines += [f"Code version (`git describe --always --dirty`, also the runs' `WANDB_TAGS`): {', '.join(tags)}", ""]
+    scripts = sorted(
+        {
+            (m["script_file"], m["script_sha256"][:12], m["script_uncommitted_changes"])
+            for m in (r.launch["manifest"] for r in runs if "manifest" in r.launch)
+            if "script_sha256" in m
+        }
+    )
+    for file, digest, modified in scripts:
+        state = {True: "with uncommitted changes", False: "as committed", None: "git state unknown"}[modified]
+        lines += [f"Script: `{file}` sha256 {digest}... ({state} at launch)", ""]
     lines += [f"Hardware: {hardware_line(runs)}", "", "## Final returns", "", returns_md, "## Speed", "", speed_md]
     lines += ["## Learning curves", "", "![returns vs policy steps](curves_steps.png)", ""]
     lines += ["![returns vs wall time](curves_walltime.png)", ""]

@@ -91,6 +91,22 @@ def git_describe(cwd: str = REPO) -> str:
         return "unknown"
 
 
+def script_version(script: str) -> dict:
+    """The script's exact content (sha256) and whether it differs from the last commit: with a shared, dirty working
+    tree `git describe --dirty` alone cannot tell which code ran."""
+    import hashlib
+
+    real = os.path.realpath(script)
+    with open(real, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    try:
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", real], cwd=os.path.dirname(real), timeout=10)
+        modified = {0: False, 1: True}.get(diff.returncode)
+    except (OSError, subprocess.SubprocessError):
+        modified = None
+    return {"script_file": os.path.relpath(real, REPO), "script_sha256": digest, "script_uncommitted_changes": modified}
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -258,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cwd": os.getcwd(),
         "git_describe": tag,
         "wandb_tags": tag,
+        **script_version(script),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hardware": hardware() | {"torch_threads": args.torch_threads, "workers": args.workers},
         "runs": [],

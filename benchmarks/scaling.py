@@ -49,6 +49,8 @@ class Args:
     """where scaling.md and scaling.csv go"""
     quick: bool = False
     """smoke-test preset: Pendulum-v1, T 400, L 200, B 64, logs every 50"""
+    note: str = ""
+    """a sentence for scaling.md, e.g. how loaded the machine was"""
 
 
 CONFIGS = [
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     manifest = {
         "command": shlex.join(["python", "benchmarks/scaling.py"] + argv),
         "git_describe": tag,
+        **launcher.script_version(script),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hardware": launcher.hardware() | {"torch_threads": args.torch_threads, "workers": 1},
         "runs": [],
@@ -196,6 +199,20 @@ def write_tables(args: Args, rows: list[dict], manifest: dict, stem: str) -> Non
         f"Code version: {manifest['git_describe']}. Hardware: CPU: {hw['cpu']}, {hw['cores']} cores; GPU: {hw['gpu']}; "
         f"torch {hw['torch']}; torch threads per process: {args.torch_threads}; world size 1 and 2 (torchrun --standalone).",
         "",
+    ]
+    if args.note:
+        lines += [args.note, ""]
+    loads = [x for r in manifest.get("runs", []) for x in r.get("loadavg_1min", [])]
+    if loads:
+        lines += [f"1-minute load average at run start/exit: {min(loads):.1f} to {max(loads):.1f}.", ""]
+    if "script_sha256" in manifest:
+        state = {True: "with uncommitted changes", False: "as committed", None: "git state unknown"}
+        lines += [
+            f"Script: `{manifest['script_file']}` sha256 {manifest['script_sha256'][:12]}... "
+            f"({state[manifest['script_uncommitted_changes']]} at launch)",
+            "",
+        ]
+    lines += [
         table,
         f"Ratios are to the 1-process run (ideal: 2.00 for both 2-process rows). Speeds are global (all ranks), measured "
         f"after training began, from the event wall times of `charts/SPS` and `charts/gradient_steps`, mean of "

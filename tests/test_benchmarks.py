@@ -168,6 +168,7 @@ def test_quick_preset_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["git_describe"] == launcher.git_describe() != "unknown"
+    assert manifest["script_file"] == "algos/sac_continuous.py" and len(manifest["script_sha256"]) == 64
     assert [(r["env_id"], r["seed"], r["returncode"]) for r in manifest["runs"]] == [
         ("Pendulum-v1", 1, 0),
         ("Pendulum-v1", 2, 0),
@@ -251,3 +252,6 @@ def test_scaling_end_to_end_under_torchrun(tmp_path):
         "--nproc-per-node=2" in commands[2] and "--total-steps 1000" in commands[2] and "--learning-starts 200" in commands[2]
     )
     assert "--total-steps 2000 --learning-starts 400 --per-rank-batch-size 256" in commands[1]
+    text = open(os.path.join(output, "scaling.md")).read()
+    assert "| 2 processes, same per-rank work | 2 | 256 | 2,000 | 200.0 | 200.0 | 2.00 | 2.00 |" in text
+    assert "load average" in text and "sha256" in text
