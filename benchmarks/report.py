@@ -266,7 +266,7 @@ def write_csv(path: str, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows])
 
 
 def band(curves: list[np.ndarray], x_col: int, points: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
