@@ -1119,9 +1119,9 @@ if __name__ == "__main__":
         }
         return {k: v.detach() for k, v in metrics.items()}
 
-    def openloop_video(data: dict[str, torch.Tensor], n: int = 4) -> dict[str, torch.Tensor]:
-        """Real (top) vs. model (bottom) frames [1, T, C, 2H, W]: posterior reconstructions for the first half of each
-        window, then open-loop imagination with the replayed actions."""
+    def openloop_video(data: dict[str, torch.Tensor], n: int = 4) -> dict[str, np.ndarray]:
+        """Real vs. model frames, uint8 [T, 2H, n*W, C] (real on top, n sequences side by side): posterior
+        reconstructions for the first half of each window, then open-loop imagination with the replayed actions."""
         with torch.no_grad():
             data = {k: v[:n].to(device) for k, v in data.items()}
             obs = {k: data[k] if data[k].dtype == torch.uint8 else data[k].float() for k in obs_space.spaces}
@@ -1137,8 +1137,20 @@ if __name__ == "__main__":
         for k in agent.decoder.img_keys:
             model = (recon[k].clamp(0, 1) * 255).to(torch.uint8)
             frames = torch.cat([obs[k], model], 2)  # [n, T, 2H, W, C]
-            videos[k] = torch.cat(list(frames), 2).permute(0, 3, 1, 2)[None]  # side by side: [1, T, C, 2H, n*W]
+            videos[k] = torch.cat(list(frames), 2).cpu().numpy()  # [T, 2H, n*W, C]
         return videos
+
+    def write_video(key: str, video: np.ndarray, step: int) -> None:
+        """TensorBoard image `videos/openloop_<key>` (frames left to right in time) and an mp4 in runs/<run>/videos."""
+        writer.add_image(f"videos/openloop_{key}", np.concatenate(list(video), 1), step, dataformats="HWC")
+        try:
+            from moviepy import ImageSequenceClip
+        except ImportError:  # moviepy < 2
+            from moviepy.editor import ImageSequenceClip
+        os.makedirs(os.path.join(run_dir, "videos"), exist_ok=True)
+        frames = [np.repeat(f, 3, -1) if f.shape[-1] == 1 else f[..., :3] for f in video]
+        path = os.path.join(run_dir, "videos", f"openloop_{key}_{step:012d}.mp4")
+        ImageSequenceClip(frames, fps=10).write_videofile(path, logger=None)
 
     def save(iteration: int) -> None:
         shared = {
@@ -1247,7 +1259,7 @@ if __name__ == "__main__":
             and policy_step // every > (policy_step - P) // every
         ):
             for k, video in openloop_video(rb.sample(1, min(4, B), T)[0]).items():
-                writer.add_video(f"videos/openloop_{k}", video, policy_step, fps=10)
+                write_video(k, video, policy_step)
 
         # TRY NOT TO MODIFY: checkpoint at every multiple of --checkpoint-every global policy steps, and at the end
         every = args.checkpoint_every

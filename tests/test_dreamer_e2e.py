@@ -1,0 +1,218 @@
+"""DreamerV3 end to end through subprocesses (tiny preset, tiny batches): vector and image observations, dict
+observations, discrete and continuous actions, plain python and 2-process torchrun, ledgers against plans, what the
+replay stores, determinism, kill-and-resume and bad input."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import command, ledger, run, scalars, script_env
+
+FAST = ["--size", "tiny", "--per-rank-batch-size", "2", "--per-rank-sequence-length", "8", "--imag-horizon", "3",
+        "--per-rank-buffer-size", "4000", "--no-cuda", "--eval-episodes", "0", "--log-every", "32"]  # fmt: skip
+LOSSES = {"dyn_loss", "rep_loss", "rew_loss", "con_loss", "policy_loss", "value_loss", "repval_loss", "loss", "dyn_kl",
+          "rep_kl", "return_scale", "policy_entropy", "prior_entropy", "post_entropy"}  # fmt: skip
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "LEDGER MISMATCH" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def check_ledger(led: dict, num_envs: int = 1, world_size: int = 1) -> None:
+    plan, actual = led["plan"], led["actual"]
+    assert plan["world_size"] == world_size and plan["num_envs"] == num_envs
+    assert actual["policy_steps"] == plan["policy_steps"]
+    assert actual["gradient_steps"] == plan["gradient_steps"] == sum(actual["per_rank_gradient_steps"]) > 0
+    assert actual["per_rank_gradient_steps"] == [plan["per_rank_gradient_steps"]] * world_size
+    assert actual["env_steps"] <= plan["env_steps"]
+    # one stored step per policy step, plus the first observation of every episode (initial and autoreset ones)
+    assert actual["stored_steps"] == actual["policy_steps"] + actual["episode_starts"]
+    assert actual["episode_starts"] == actual["episodes"] + world_size * num_envs
+    assert len(set(actual["param_checksums"])) == 1  # ranks in sync
+
+
+def test_cartpole_vector_discrete_ledger_losses_and_eval(workdir):
+    args = ["--env-id", "CartPole-v1", "--total-steps", "96", "--learning-starts", "16", "--replay-ratio", "1/4"]
+    out = ok(run("dreamer.py", FAST + args + ["--eval-episodes", "1", "--run-name", "a"], workdir))
+    led = ledger(workdir, "a")
+    assert led["plan"] | {"training_iterations": 80, "per_rank_gradient_steps": 20} == led["plan"]
+    check_ledger(led)
+    assert led["actual"]["episodes"] > 0 and led["eval"]["episodes"] == 1
+    assert led["train_ratio"] == 0.25 * 2 * 8
+    assert "step plan:" in out.stdout and "tiny:" in out.stdout
+    tags = scalars(workdir / "runs" / "a")
+    assert {f"losses/{k}" for k in LOSSES | {"rec_vector_loss"}} <= set(tags)
+    charts = scalars(workdir / "runs" / "a", "charts/")
+    assert {"charts/episodic_return", "charts/episodic_length", "charts/env_steps", "charts/gradient_steps",
+            "charts/replay_ratio", "charts/SPS"} <= set(charts)  # fmt: skip
+    assert charts["charts/gradient_steps"][-1] == (96, 20.0)
+
+
+def test_pendulum_vector_continuous_two_envs_action_repeat(workdir):
+    args = ["--env-id", "Pendulum-v1", "--total-steps", "160", "--learning-starts", "16", "--replay-ratio", "1/8",
+            "--num-envs", "2", "--action-repeat", "2", "--max-episode-steps", "30"]  # fmt: skip
+    ok(run("dreamer.py", FAST + args + ["--run-name", "p"], workdir))
+    led = ledger(workdir, "p")
+    check_ledger(led, num_envs=2)
+    assert led["actual"]["episodes"] == 4 and led["actual"]["env_steps"] == 320  # 80 policy steps per env
+
+
+def test_image_discrete_with_openloop_video(workdir):
+    args = ["--env-id", "test_dreamer_envs:DotImage-v0", "--image-size", "16", "--total-steps", "64",
+            "--learning-starts", "16", "--replay-ratio", "1/4", "--capture-video", "--video-every", "32"]  # fmt: skip
+    ok(run("dreamer.py", FAST + args + ["--run-name", "img"], workdir))
+    check_ledger(ledger(workdir, "img"))
+    assert "losses/rec_image_loss" in scalars(workdir / "runs" / "img")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(workdir / "runs" / "img"), size_guidance={"images": 0})
+    acc.Reload()
+    videos = acc.Images("videos/openloop_image")
+    assert [v.step for v in videos] == [32, 64]
+    assert (videos[0].height, videos[0].width) == (2 * 16, 8 * 2 * 16)  # real over model; 8 steps x 2 sequences
+    assert sorted(p.name for p in (workdir / "runs" / "img" / "videos").iterdir()) == [
+        "openloop_image_000000000032.mp4",
+        "openloop_image_000000000064.mp4",
+    ]
+
+
+def test_dict_observations_continuous(workdir):
+    args = ["--env-id", "test_dreamer_envs:DotDict-v0", "--image-size", "16", "--total-steps", "64",
+            "--learning-starts", "16", "--replay-ratio", "1/4"]  # fmt: skip
+    ok(run("dreamer.py", FAST + args + ["--run-name", "dict"], workdir))
+    check_ledger(ledger(workdir, "dict"))
+    assert {"losses/rec_image_loss", "losses/rec_state_loss"} <= set(scalars(workdir / "runs" / "dict"))
+
+
+def test_torchrun_two_processes_ledger_and_ranks_in_sync(workdir):
+    args = ["--env-id", "CartPole-v1", "--total-steps", "130", "--learning-starts", "32", "--replay-ratio", "1/4",
+            "--num-envs", "2"]  # fmt: skip
+    out = ok(run("dreamer.py", FAST + args + ["--run-name", "tr"], workdir, nproc=2))
+    led = ledger(workdir, "tr")
+    p = led["plan"]
+    assert (p["policy_steps_per_iteration"], p["iterations"], p["random_iterations"]) == (4, 32, 8)
+    assert (p["per_rank_gradient_steps"], p["gradient_steps"]) == (12, 24)  # floor(1/4 * 2 * 24) per rank
+    check_ledger(led, num_envs=2, world_size=2)
+    assert out.stderr.count("warning: --total-steps 130") == 1
+
+
+def test_same_seed_same_losses_other_seed_differs(workdir):
+    args = FAST + ["--env-id", "CartPole-v1", "--total-steps", "64", "--learning-starts", "16", "--replay-ratio", "1/4",
+                   "--log-every", "16"]  # fmt: skip
+    losses = []
+    for seed, name in [(3, "a"), (3, "b"), (4, "c")]:
+        ok(run("dreamer.py", args + ["--seed", str(seed), "--run-name", name], workdir))
+        losses.append(scalars(workdir / "runs" / name))
+    assert len(losses[0]["losses/loss"]) == 3
+    assert losses[0] == losses[1]
+    assert losses[0]["losses/loss"] != losses[2]["losses/loss"]
+    assert ledger(workdir, "a")["actual"]["param_checksums"] == ledger(workdir, "b")["actual"]["param_checksums"]
+
+
+def counters(led: dict) -> dict:
+    a = led["actual"]
+    stored_ok = a["stored_steps"] == a["policy_steps"] + a["episode_starts"]
+    return {"plan": led["plan"], "policy_steps": a["policy_steps"], "per_rank": a["per_rank_gradient_steps"],
+            "gradient_steps": a["gradient_steps"], "stored_ok": stored_ok}  # fmt: skip
+
+
+def test_kill_after_checkpoint_then_resume_gives_same_counters(workdir):
+    args = FAST + ["--env-id", "CartPole-v1", "--total-steps", "480", "--learning-starts", "16", "--replay-ratio", "1/2",
+                   "--checkpoint-every", "48", "--num-envs", "2"]  # fmt: skip
+    ok(run("dreamer.py", args + ["--run-name", "full"], workdir))
+    full = ledger(workdir, "full")
+
+    proc = subprocess.Popen(command("dreamer.py", args + ["--run-name", "cut"]), cwd=workdir, env=script_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    ckpts = workdir / "runs" / "cut" / "checkpoints"
+    end = time.time() + 120
+    while not (ckpts.exists() and any(not p.name.endswith(".tmp") for p in ckpts.iterdir())):
+        assert time.time() < end and proc.poll() is None, "no checkpoint before the run ended"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "runs" / "cut" / "steps.json").exists(), "the run finished before it was killed"
+
+    resumed = ok(run("dreamer.py", args + ["--run-name", "cut", "--resume", "yes"], workdir))
+    assert "resumed from" in resumed.stdout
+    assert counters(ledger(workdir, "cut")) == counters(full)
+    assert counters(full)["stored_ok"]
+
+
+def stored_sequence(workdir, name: str) -> dict:
+    ckpts = sorted((workdir / "runs" / name / "checkpoints").iterdir())
+    buf = torch.load(ckpts[-1] / "rank0.pt", weights_only=True)["buffer"]
+    assert buf["pos"] == buf["size"]  # nothing overwritten yet: index = time
+    return {k: v.numpy() for k, v in buf.items() if isinstance(v, torch.Tensor)} | {"size": buf["size"]}
+
+
+def test_replay_stores_the_action_executed_before_each_obs_and_episode_flags(workdir):
+    base = FAST + ["--env-id", "test_dreamer_envs:Echo-v0", "--total-steps", "40", "--learning-starts", "16",
+                   "--replay-ratio", "1/4", "--num-envs", "2", "--checkpoint-every", "40"]  # fmt: skip
+    ok(run("dreamer.py", base + ["--run-name", "echo"], workdir))
+    buf = stored_sequence(workdir, "echo")
+    for i in range(2):
+        n = buf["size"][i]
+        obs, act = buf["vector"][i, :n], buf["action"][i, :n, 0]
+        first, last, term = buf["is_first"][i, :n], buf["is_last"][i, :n], buf["is_terminal"][i, :n]
+        t = np.round(obs[:, 1] * 10).astype(int)
+        assert np.array_equal(first, t == 0) and np.all(act[first] == 0) and np.all(buf["reward"][i, :n][first] == 0)
+        np.testing.assert_allclose(act[~first], obs[~first, 0], atol=1e-6)  # the action stored with obs t led to it
+        np.testing.assert_allclose(buf["reward"][i, :n], t)  # reward received on arriving at obs t
+        assert np.array_equal(last, t == 9) and np.array_equal(term, t == 9)  # the final obs is stored, then a reset
+        assert n == 20 + 3  # 20 policy steps + 3 episode starts (the initial reset, then one after each 9-step episode)
+    # a time limit ends the episode (is_last) without a termination
+    ok(run("dreamer.py", base + ["--max-episode-steps", "4", "--run-name", "trunc"], workdir))
+    buf = stored_sequence(workdir, "trunc")
+    t = np.round(buf["vector"][0, : buf["size"][0], 1] * 10).astype(int)
+    assert np.array_equal(buf["is_last"][0, : buf["size"][0]], t == 4) and not buf["is_terminal"].any()
+
+
+BAD = [
+    (
+        ["--learning-starts", "15"],
+        "--learning-starts: 15 does not cover a sequence of 8 steps per env (2 envs in all); use at least 16",
+    ),
+    (["--per-rank-sequence-length", "1"], "--per-rank-sequence-length"),
+    (["--image-size", "48"], "--image-size"),
+    (["--replay-ratio", "-1"], "--replay-ratio"),
+    (["--lam", "1.5"], "--lam"),
+    (["--per-rank-buffer-size", "10"], "--per-rank-buffer-size"),
+    (["--env-id", "CartPol-v1"], "CartPole-v1"),
+    (["--env-id", "no_such_module:Foo-v0"], "cannot import module"),
+    (["--env-id", "Blackjack-v1"], "observation"),
+    (["--total-steps", "1"], "--total-steps"),
+    (["--resume", "yes"], "--run-name"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD, ids=[" ".join(b) for b, _ in BAD])
+def test_bad_input_exits_2_with_message(workdir, bad, message):
+    proc = run(
+        "dreamer.py",
+        FAST + ["--env-id", "CartPole-v1", "--num-envs", "2", "--learning-starts", "16"] + bad,
+        workdir,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (workdir / "runs").exists()
+
+
+def test_bad_input_under_torchrun_stops_without_hang(workdir):
+    proc = run("dreamer.py", FAST + ["--learning-starts", "8"], workdir, nproc=2, timeout=90)
+    assert proc.returncode != 0
+    assert "error: --learning-starts: 8 does not cover" in proc.stderr and "use at least 16" in proc.stderr
+
+
+def test_help_works():
+    proc = subprocess.run(command("dreamer.py", ["--help"]), capture_output=True, text=True, env=script_env(), timeout=60)
+    assert proc.returncode == 0 and "--per-rank-sequence-length" in proc.stdout and "size200m" in proc.stdout
+    assert os.path.basename(command("dreamer.py", [])[-1]) == "dreamer.py"
