@@ -485,6 +485,29 @@ def lambda_return(rewards, continues, values, gamma, lam) -> torch.Tensor:
     return torch.stack(out[::-1], 1)
 
 
+def actor_critic_losses(pi, action, value_logits, slow_value, reward, con, bins, retnorm, args, world_size: int = 1):
+    """Imagined trajectories [N, H + 1] (state 0 = a posterior state) -> policy and value losses [N], averaged over
+    the H steps. REINFORCE with normalised advantages and an entropy bonus; a two-hot critic on lambda-returns plus the
+    slow-critic regulariser; both weighted by the cumulative continue probability. `pi` is the policy on states
+    0..H-1 and `action` [N, H] the actions taken there (code: agent.py `imag_loss`)."""
+    value = twohot_mean(value_logits, bins).detach()
+    weight = torch.cumprod(con, 1)
+    ret = lambda_return(reward[:, 1:], con[:, 1:], value, 1.0, args.lam)  # [N, H]
+    retnorm.update(ret, world_size)
+    adv = (ret - value[:, :-1]) / retnorm.scale()
+    entropy = pi.entropy()
+    policy_loss = weight[:, :-1] * -(pi.log_prob(action) * adv.detach() + args.actent * entropy)
+    value_loss = twohot_loss(value_logits[:, :-1], ret, bins) + twohot_loss(value_logits[:, :-1], slow_value[:, :-1], bins)
+    losses = {"policy": policy_loss.mean(1), "value": (weight[:, :-1] * value_loss).mean(1)}
+    return losses, {"ret": ret, "value": value, "adv": adv, "entropy": entropy, "weight": weight}
+
+
+@torch.no_grad()
+def ema_(slow: nn.Module, fast: nn.Module, rate: float) -> None:
+    """slow <- (1 - rate) slow + rate fast, parameter by parameter."""
+    torch._foreach_lerp_(list(slow.parameters()), list(fast.parameters()), rate)
+
+
 class ReturnNorm(nn.Module):
     """EMA (no debias) of the 5th and 95th return percentiles; scale = max(1, P95 - P5). Percentiles are averaged
     over ranks so the state stays identical everywhere."""
@@ -1063,23 +1086,17 @@ if __name__ == "__main__":
             img_action = torch.stack(actions, 1)  # [B*T, H, A], action t taken in state t
             img_reward = twohot_mean(agent.reward(img_feat), agent.bins)  # [B*T, H+1]
             img_con = torch.sigmoid(agent.cont(img_feat).squeeze(-1))  # continue probability, includes the discount
-            weight = torch.cumprod(img_con, 1)
             slow_value = twohot_mean(slow_critic(img_feat), agent.bins)
         assert img_feat.shape[:2] == (B * T, H + 1) and img_action.shape[:2] == (B * T, H), img_feat.shape
 
         # ACTOR-CRITIC
         value_logits = agent.critic(img_feat)
-        value = twohot_mean(value_logits, agent.bins).detach()
-        ret = lambda_return(img_reward[:, 1:], img_con[:, 1:], value, 1.0, args.lam)  # [B*T, H]
-        retnorm.update(ret, world_size)
-        adv = (ret - value[:, :-1]) / retnorm.scale()
         pi = agent.actor.dist(img_feat[:, :-1])
-        logpi, entropy = pi.log_prob(img_action), pi.entropy()
-        losses["policy"] = (weight[:, :-1] * -(logpi * adv.detach() + args.actent * entropy)).mean(1).reshape(B, T)
-        value_loss = twohot_loss(value_logits[:, :-1], ret, agent.bins) + twohot_loss(
-            value_logits[:, :-1], slow_value[:, :-1], agent.bins
+        ac, out = actor_critic_losses(
+            pi, img_action, value_logits, slow_value, img_reward, img_con, agent.bins, retnorm, args, world_size
         )
-        losses["value"] = (weight[:, :-1] * value_loss).mean(1).reshape(B, T)
+        losses |= {k: v.reshape(B, T) for k, v in ac.items()}
+        ret, value, adv, entropy = out["ret"], out["value"], out["adv"], out["entropy"]
 
         # REPLAY VALUE LOSS: lambda-returns along the replayed sequence, bootstrapped with the imagined returns
         boot = ret[:, 0].reshape(B, T)
@@ -1097,8 +1114,7 @@ if __name__ == "__main__":
         loss.backward()
         all_reduce_grads(params, world_size)
         optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(slow_critic.parameters()), list(agent.critic.parameters()), args.slow_critic_rate)
+        ema_(slow_critic, agent.critic, args.slow_critic_rate)
 
         metrics |= {f"{k}_loss": v.mean() for k, v in losses.items()}
         metrics |= {

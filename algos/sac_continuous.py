@@ -280,11 +280,14 @@ class ReplayBuffer:
         self.fields = ("obs", "next_obs", "actions", "rewards", "terminations")
 
     def add(self, *values: np.ndarray) -> None:
-        idx = torch.arange(self.pos, self.pos + len(values[0])) % self.capacity
+        n = len(values[0])
+        idx = slice(self.pos, self.pos + n)
+        if self.pos + n > self.capacity:  # wraps around
+            idx = torch.arange(self.pos, self.pos + n) % self.capacity
         for name, value in zip(self.fields, values):
             getattr(self, name)[idx] = torch.as_tensor(value, dtype=torch.float32).to(self.obs.device)
-        self.pos = int(idx[-1] + 1) % self.capacity
-        self.size = min(self.size + len(values[0]), self.capacity)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
 
     def sample(self, n: int, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
         idx = torch.randint(0, self.size, (n, batch_size), device=self.obs.device)

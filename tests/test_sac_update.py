@@ -124,3 +124,18 @@ def test_action_bounds_and_deterministic_action():
     assert ((action >= low) & (action <= high)).all() and ((mean_action >= low) & (mean_action <= high)).all()
     assert log_prob.shape == (B,)
     torch.testing.assert_close(actor.get_action(obs)[2], mean_action)  # deterministic part is noise-free
+
+
+def test_replay_buffer_wraps_around_and_round_trips():
+    rb = sac.ReplayBuffer(5, 2, 1, torch.device("cpu"))
+    for i in range(4):  # 8 transitions into 5 slots: the oldest 3 are overwritten
+        rb.add(np.full((2, 2), i), np.full((2, 2), i + 0.5), np.full((2, 1), i), np.full(2, i), np.zeros(2))
+    assert rb.obs[:, 0].tolist() == [2, 3, 3, 1, 2] and (rb.pos, rb.size) == (3, 5)
+    copy = sac.ReplayBuffer(5, 2, 1, torch.device("cpu"))
+    copy.load_state_dict(rb.state_dict())
+    for name in rb.fields:
+        assert torch.equal(getattr(copy, name), getattr(rb, name))
+    assert (copy.pos, copy.size) == (3, 5)
+    batches = rb.sample(3, 4)
+    assert len(batches) == 3 and batches[0][0].shape == (4, 2)
+    assert torch.equal(batches[0][1], batches[0][0] + 0.5)  # rows stay aligned across fields
