@@ -285,3 +285,65 @@ def test_replay_state_round_trip():
     other.load_state_dict(state)
     assert other.pos == rb.pos and other.size == rb.size and other.added == rb.added
     assert all(torch.equal(other.data[k], rb.data[k]) for k in rb.data)
+
+
+# ---------------------------------------------------------------- behaviour: actor-critic losses, slow critic, defaults
+def test_paper_defaults():
+    a = D.Args()
+    assert (a.learning_rate, a.adam_eps, a.agc, a.warmup, a.beta1, a.beta2) == (4e-5, 1e-20, 0.3, 1000, 0.9, 0.999)
+    assert (a.per_rank_batch_size, a.per_rank_sequence_length, a.imag_horizon, a.lam, a.horizon) == (16, 64, 15, 0.95, 333)
+    assert (a.actent, a.slow_critic_rate, a.free_nats, a.unimix) == (3e-4, 0.02, 1.0, 0.01)
+    assert (a.dyn_scale, a.rep_scale, a.repval_scale) == (1.0, 0.1, 0.3)
+    assert (D.STOCH, D.BLOCKS, D.BINS) == (32, 8, 255)
+
+
+def behaviour(logits, slow_value, con, reward=None, peaked=False):
+    N, H = logits.shape[0], logits.shape[1]
+    bins = D.twohot_bins()
+    pi = torch.distributions.OneHotCategorical(logits=logits)
+    action = torch.nn.functional.one_hot(torch.zeros(N, H, dtype=torch.long), 2).float()  # always action 0
+    value_logits = torch.zeros(N, H + 1, 255)
+    value_logits[..., 127] = 5.0 if peaked else 0.0  # value 0 either way (bin 127 is 0)
+    value_logits.requires_grad_(True)
+    reward = torch.ones(N, H + 1) if reward is None else reward
+    args = D.Args()
+    losses, out = D.actor_critic_losses(pi, action, value_logits, slow_value, reward, con, bins, D.ReturnNorm(), args)
+    return losses, out, value_logits
+
+
+def test_reinforce_raises_the_logprob_of_actions_with_positive_advantage_and_weights_by_continue():
+    logits = torch.zeros(1, 2, 2, requires_grad=True)
+    losses, out, _ = behaviour(logits, torch.zeros(1, 3), torch.tensor([[1.0, 1.0, 1.0]]))
+    assert torch.all(out["adv"] > 0)  # rewards 1, values 0
+    losses["policy"].sum().backward()
+    assert torch.all(logits.grad[0, :, 0] < 0) and torch.all(logits.grad[0, :, 1] > 0)  # descent raises action 0
+    # a zero continue probability at state 1 stops everything after it: weights cumprod(continue) = [1, 0, 0]
+    logits = torch.zeros(1, 2, 2, requires_grad=True)
+    losses, out, _ = behaviour(logits, torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 1.0]]))
+    assert out["weight"][0].tolist() == [1.0, 0.0, 0.0]
+    losses["policy"].sum().backward()
+    assert logits.grad[0, 0].abs().sum() > 0 and torch.all(logits.grad[0, 1] == 0)
+
+
+def test_entropy_bonus_and_slow_critic_regulariser():
+    logits = torch.tensor([[[2.0, -2.0]]], requires_grad=True)
+    reward = torch.zeros(1, 2)
+    losses, out, _ = behaviour(logits, torch.zeros(1, 2), torch.ones(1, 2), reward)
+    assert torch.all(out["adv"] == 0)
+    losses["policy"].sum().backward()
+    assert logits.grad[0, 0, 0] > 0  # with zero advantage only the entropy bonus acts: it flattens the policy
+    base, _, _ = behaviour(torch.zeros(1, 1, 2), torch.zeros(1, 2), torch.ones(1, 2), reward, peaked=True)
+    reg, _, value_logits = behaviour(torch.zeros(1, 1, 2), torch.full((1, 2), 5.0), torch.ones(1, 2), reward, peaked=True)
+    assert reg["value"].item() > base["value"].item()  # the slow critic's prediction is a second two-hot target
+    reg["value"].sum().backward()
+    assert value_logits.grad[0, 0].abs().sum() > 0 and torch.all(value_logits.grad[0, 1] == 0)  # last state: no loss
+
+
+def test_slow_critic_ema():
+    fast, slow = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        fast.weight.fill_(1.0), slow.weight.fill_(0.0)
+    D.ema_(slow, fast, 0.02)
+    assert torch.allclose(slow.weight, torch.full((2, 2), 0.02))
+    D.ema_(slow, fast, 0.02)
+    assert torch.allclose(slow.weight, torch.full((2, 2), 0.02 + 0.98 * 0.02))
