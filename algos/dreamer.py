@@ -869,7 +869,7 @@ def validate(args: Args) -> None:
             f"{args.total_steps} is less than one iteration of {P} policy steps "
             f"({args.world_size} process(es) x {args.num_envs} env(s)); use at least {P}",
         )
-    if args.replay_ratio > 0 and args.learning_starts < T * P:
+    if (args.replay_ratio > 0 or args.per_rank_pretrain_steps > 0) and args.learning_starts < T * P:
         fail(
             "--learning-starts",
             f"{args.learning_starts} does not cover a sequence of {T} steps per env ({P} envs in all); "
@@ -939,7 +939,7 @@ if __name__ == "__main__":
         found = list_checkpoints(ckpt_dir)
         if found:
             checkpoint_path = found[-1]
-            checkpoint = load_checkpoint(checkpoint_path, rank, device)
+            checkpoint = load_checkpoint(checkpoint_path, rank)
             if checkpoint[0]["world_size"] != world_size:
                 fail("--resume", f"{checkpoint_path} was written by {checkpoint[0]['world_size']} processes; use as many")
         elif args.resume == "yes":
@@ -1195,10 +1195,13 @@ if __name__ == "__main__":
 
     # TRY NOT TO MODIFY: start the loop
     metrics, last_return, train_seconds = {}, float("nan"), 0.0
-    start_time, last_print, start_gradient_steps = time.time(), time.time(), ratio.gradient_steps
+    start_time, start_step, last_print = time.time(), start_iteration * P, time.time()  # SPS excludes the random pre-fill
+    wall_start, start_gradient_steps = time.time(), ratio.gradient_steps
     progress = tqdm(total=N * P, initial=start_iteration * P, unit="step", disable=None if rank == 0 else True)
     for iteration in range(start_iteration + 1, N + 1):
         policy_step = iteration * P  # global policy steps once this iteration's env step is done
+        if iteration == R + 1 and R > start_iteration:
+            start_time, start_step = time.time(), (iteration - 1) * P
 
         # ALGO LOGIC: put action logic here
         if iteration <= R:
@@ -1247,7 +1250,7 @@ if __name__ == "__main__":
             ep_sum, len_sum, eps, env_steps = all_sum(window + [local_env_steps], world_size)
             window = [0.0, 0.0, 0.0]
             if rank == 0:
-                sps = (policy_step - start_iteration * P) / (time.time() - start_time)
+                sps = (policy_step - start_step) / (time.time() - start_time)
                 gradient_steps = ratio.gradient_steps * world_size
                 if eps:
                     last_return = ep_sum / eps
@@ -1314,7 +1317,7 @@ if __name__ == "__main__":
         ledger = {"plan": plan, "actual": actual, "replay_ratio": str(args.replay_ratio), "action_repeat": args.action_repeat}
         ledger["train_ratio"] = float(args.replay_ratio * B * T)
         ledger["timing"] = {  # rank 0, this process only (a resumed run counts from the resume)
-            "wall_seconds": time.time() - start_time,
+            "wall_seconds": time.time() - wall_start,
             "train_seconds": train_seconds,
             "gradient_steps_per_second": (ratio.gradient_steps - start_gradient_steps) / train_seconds
             if train_seconds
