@@ -219,3 +219,21 @@ def test_help_works():
     for script in ["sac.py", "sac_continuous.py"]:
         proc = subprocess.run(command(script, ["--help"]), capture_output=True, text=True, env=script_env(), timeout=60)
         assert proc.returncode == 0 and "--total-steps" in proc.stdout and "--replay-ratio" in proc.stdout
+
+
+def test_existing_run_name_is_not_overwritten(workdir):
+    (workdir / "runs" / "taken").mkdir(parents=True)
+    (workdir / "runs" / "taken" / "steps.json").write_text("{}")
+    proc = run("sac.py", FAST + ["--total-steps", "100", "--run-name", "taken"], workdir, timeout=60)
+    assert proc.returncode == 2 and "--run-name" in proc.stderr and "--resume yes" in proc.stderr
+    assert (workdir / "runs" / "taken" / "steps.json").read_text() == "{}"
+
+
+def test_async_envs_ledger(workdir):
+    args = FAST + ["--async-envs", "--num-envs", "2", "--total-steps", "200", "--learning-starts", "100",
+                   "--env-id", "steprl_testenvs:Countdown-v0", "--action-repeat", "2"]  # fmt: skip
+    ok(run("sac.py", args, workdir))
+    led = ledger(workdir)
+    check_ledger_equals_plan(led)
+    # each env: 100 policy steps = 64 + 36 (an episode is 65 policy steps: 129 env steps with repeat 2)
+    assert (led["actual"]["episodes"], led["actual"]["env_steps"]) == (2, 2 * (129 + 35 * 2))

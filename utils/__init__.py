@@ -149,7 +149,7 @@ def all_sum(values: list[float], world_size: int) -> list[float]:
     """Sum a few numbers over all ranks (float64)."""
     if world_size == 1:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t)
     return t.tolist()
 
@@ -291,10 +291,10 @@ def list_checkpoints(root: str) -> list[str]:
     return [os.path.join(root, d) for d in names if os.path.exists(os.path.join(root, d, "shared.pt"))]
 
 
-def load_checkpoint(path: str, rank: int, map_location="cpu") -> tuple[dict, dict]:
-    shared = torch.load(os.path.join(path, "shared.pt"), map_location=map_location, weights_only=True)
-    local = torch.load(os.path.join(path, f"rank{rank}.pt"), map_location=map_location, weights_only=True)
-    return shared, local
+def load_checkpoint(path: str, rank: int) -> tuple[dict, dict]:
+    """(shared, this rank's) state, on the CPU: `load_state_dict` moves tensors to the model's device."""
+    shared = torch.load(os.path.join(path, "shared.pt"), map_location="cpu", weights_only=True)
+    return shared, torch.load(os.path.join(path, f"rank{rank}.pt"), map_location="cpu", weights_only=True)
 
 
 def rng_state() -> dict:
