@@ -48,7 +48,7 @@ from steprl.utils import (
 @dataclass
 class Args:
     exp_name: str = os.path.basename(os.path.realpath(__file__))[: -len(".py")]
-    """the name of this experiment (default: the script's real file stem, also when started through a symlink)"""
+    """the name of this experiment (the script's real file stem, also when started through the sac.py symlink)"""
     seed: int = 1
     """seed of the experiment; rank r's env i is seeded `seed + r * num_envs + i`"""
     torch_deterministic: bool = True
@@ -451,6 +451,9 @@ def validate(args: Args) -> None:
             f"SAC here needs a continuous (Box) action space; {args.env_id} has {space}. "
             "Use a continuous-action env such as Pendulum-v1 or HalfCheetah-v5",
         )
+    if len(space.shape) != 1:
+        fail("--env-id", f"SAC here needs a 1-D Box action space; {args.env_id} has shape {space.shape}. "
+             "Wrap the env to flatten its actions")  # fmt: skip
     if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
         fail(
             "--env-id",
