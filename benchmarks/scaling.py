@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "hardware": launcher.hardware() | {"torch_threads": args.torch_threads, "workers": 1},
         "runs": [],
     }
-    rows = []
+    rows, stamp = [], int(time.time())
     for repeat in range(args.repeats):
         for name, n, steps_x, starts_x, batch_div in CONFIGS:
-            run_name = f"{args.env_id}__{stem}__{args.seed}__scaling{n}p_{'split' if batch_div > 1 else 'same'}_{repeat}"
+            run_name = f"{args.env_id}__{stem}__{args.seed}__{stamp}_{n}p_{'split' if batch_div > 1 else 'same'}_{repeat}"
             flags = [
                 "--env-id", args.env_id,
                 "--seed", str(args.seed),
