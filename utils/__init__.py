@@ -70,6 +70,8 @@ def fail(flag: str, message: str) -> None:
     """Bad input: one clear line naming the flag and the fix, exit status 2, no traceback (every rank exits)."""
     if is_main_process():
         print(f"error: {flag}: {message}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(5)  # let rank 0 print before torchrun, seeing this rank fail, stops the others
     sys.stdout.flush()
     os._exit(2)
 
