@@ -882,6 +882,13 @@ def validate(args: Args) -> None:
         )
     if args.resume == "yes" and args.run_name is None and "TORCHELASTIC_RUN_ID" not in os.environ:
         fail("--resume", "`--resume yes` needs `--run-name NAME` to know which run to continue")
+    run_dir = os.path.join("runs", args.run_name or "")
+    if (
+        args.run_name
+        and args.resume == "no"
+        and any(os.path.exists(os.path.join(run_dir, f)) for f in ("steps.json", "checkpoints"))
+    ):
+        fail("--run-name", f"{run_dir} already holds a run; continue it with `--resume yes` or choose another name")
     if args.capture_video:
         try:
             import moviepy  # noqa: F401

@@ -206,6 +206,14 @@ def test_bad_input_exits_2_with_message(workdir, bad, message):
     assert not (workdir / "runs").exists()
 
 
+def test_existing_run_name_is_not_overwritten(workdir):
+    (workdir / "runs" / "taken").mkdir(parents=True)
+    (workdir / "runs" / "taken" / "steps.json").write_text("{}")
+    proc = run("dreamer.py", FAST + ["--run-name", "taken"], workdir, timeout=60)
+    assert proc.returncode == 2 and "--run-name: runs/taken already holds a run" in proc.stderr
+    assert (workdir / "runs" / "taken" / "steps.json").read_text() == "{}"
+
+
 def test_bad_input_under_torchrun_stops_without_hang(workdir):
     # Only rank 0 prints (steprl.utils.fail); when rank 1 exits first, torchrun may stop rank 0 before its message is
     # out (a race in the shared `fail`, reported). So: every attempt must stop with an error, and one must show it.
