@@ -277,28 +277,7 @@ def hardware() -> str:
             f"1-minute load average at the start {load:.2f}")  # fmt: skip
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args)
-    sac = load_sac()
-    results = {"hardware": hardware(), "args": vars(args) | {"threads": list(args.threads)}, "by_threads": {}}
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        print(f"[{threads} thread(s)] compute floor and gradient steps...", flush=True)
-        torch.manual_seed(0)
-        variants = {"cleanrl": make_cleanrl_update(), "steprl": make_steprl_update(sac, False)}
-        if args.compile:
-            variants["steprl_compile"] = make_steprl_update(sac, True)
-        r = {"floor": compute_floor(args.repeats), "update": time_updates(variants, args.grad_steps, args.repeats)}
-        print(f"[{threads} thread(s)] training loops...", flush=True)
-        r["loop_sps"] = {
-            "cleanrl": cleanrl_loop_sps(args.loop_steps),
-            "steprl": steprl_loop_sps(args.loop_steps, threads, False),
-        }
-        if args.compile:
-            r["loop_sps"]["steprl_compile"] = steprl_loop_sps(args.loop_steps, threads, True)
-        results["by_threads"][str(threads)] = r
-        print(json.dumps(r, indent=2), flush=True)
-
+def write_report(results: dict, args: Args) -> None:
     lines = ["# SAC speed on CPU (HalfCheetah-v5 defaults: batch 256, replay ratio 1, 1 env)", "",
              f"Hardware: {results['hardware']}.", "",
              f"Command: `python benchmarks/sac_speed.py{' --compile' if args.compile else ''}`", "",
@@ -320,3 +299,27 @@ if __name__ == "__main__":
     Path(args.out, "sac_speed.json").write_text(json.dumps(results, indent=2))
     Path(args.out, "sac_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    sac = load_sac()
+    results = {"hardware": hardware(), "args": vars(args) | {"threads": list(args.threads)}, "by_threads": {}}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"[{threads} thread(s)] compute floor and gradient steps...", flush=True)
+        torch.manual_seed(0)
+        variants = {"cleanrl": make_cleanrl_update(), "steprl": make_steprl_update(sac, False)}
+        if args.compile:
+            variants["steprl_compile"] = make_steprl_update(sac, True)
+        r = {"floor": compute_floor(args.repeats), "update": time_updates(variants, args.grad_steps, args.repeats)}
+        print(f"[{threads} thread(s)] training loops...", flush=True)
+        r["loop_sps"] = {
+            "cleanrl": cleanrl_loop_sps(args.loop_steps),
+            "steprl": steprl_loop_sps(args.loop_steps, threads, False),
+        }
+        if args.compile:
+            r["loop_sps"]["steprl_compile"] = steprl_loop_sps(args.loop_steps, threads, True)
+        results["by_threads"][str(threads)] = r
+        print(json.dumps(r, indent=2), flush=True)
+        write_report(results, args)  # after every thread count, so a long run keeps what it measured
