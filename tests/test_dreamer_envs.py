@@ -55,7 +55,10 @@ class DotDictEnv(gym.Env):
 
     def __init__(self):
         self.observation_space = gym.spaces.Dict(
-            {"image": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8), "state": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)}
+            {
+                "image": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8),
+                "state": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+            }
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.pos = 0.5
