@@ -280,7 +280,7 @@ def hardware() -> str:
 def write_report(results: dict, args: Args) -> None:
     lines = ["# SAC speed on CPU (HalfCheetah-v5 defaults: batch 256, replay ratio 1, 1 env)", "",
              f"Hardware: {results['hardware']}.", "",
-             f"Command: `python benchmarks/sac_speed.py{' --compile' if args.compile else ''}`", "",
+             f"Command: `python benchmarks/sac_speed.py {' '.join(sys.argv[1:])}`", "",
              "| threads | variant | ms / gradient step | CPU ms / gradient step | x floor | policy steps/s | vs CleanRL |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for threads, r in results["by_threads"].items():
