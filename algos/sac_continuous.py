@@ -27,6 +27,7 @@ from steprl.utils import (
     all_sum,
     broadcast,
     check_env_id,
+    check_resume_args,
     check_tracking,
     close_tracking,
     config_dict,
@@ -93,7 +94,7 @@ class Args:
     """if toggled, step the envs in subprocesses (AsyncVectorEnv) instead of in this process"""
     action_repeat: int = 1
     """env steps per policy step (rewards are summed; stops early at an episode end)"""
-    max_episode_steps: int | None = None
+    max_episode_steps: Steps | None = None
     """policy steps after which an episode is truncated (default: only the env's own limit, in env steps)"""
     per_rank_buffer_size: Steps = 1_000_000
     """replay buffer capacity in transitions, per rank"""
@@ -121,6 +122,18 @@ class Args:
     """entropy regularization coefficient (used when not autotuned; autotuning starts at 1.0, as CleanRL)"""
     autotune: bool = True
     """automatic tuning of the entropy coefficient towards target entropy -|A|"""
+
+
+RESUME_FLAGS = [  # a resumed run must keep these (they shape the step plan or the buffers); --total-steps may grow
+    "env_id",
+    "num_envs",
+    "action_repeat",
+    "max_episode_steps",
+    "learning_starts",
+    "replay_ratio",
+    "per_rank_pretrain_steps",
+    "per_rank_buffer_size",
+]
 
 
 # ALGO LOGIC: environments
@@ -426,8 +439,8 @@ def validate(args: Args) -> None:
             f"{args.total_steps} is less than one iteration of {P} policy steps "
             f"({args.world_size} process(es) x {args.num_envs} env(s)); use at least {P}",
         )
-    if args.resume == "yes" and args.run_name is None and "TORCHELASTIC_RUN_ID" not in os.environ:
-        fail("--resume", "`--resume yes` needs `--run-name NAME` to know which run to continue")
+    if args.resume != "no" and args.run_name is None and "TORCHELASTIC_RUN_ID" not in os.environ:
+        fail("--resume", f"`--resume {args.resume}` needs `--run-name NAME` to know which run to continue")
     run_dir = os.path.join("runs", args.run_name or "")
     if (
         args.run_name
@@ -436,15 +449,20 @@ def validate(args: Args) -> None:
     ):
         fail("--run-name", f"{run_dir} already holds a run; continue it with `--resume yes` or choose another name")
     if args.capture_video:
+        if args.eval_episodes == 0:
+            fail("--capture-video", "records the evaluation episodes; give `--eval-episodes 1` or more")
         try:
             import moviepy  # noqa: F401
         except ImportError:
             fail("--capture-video", "recording needs moviepy: `pip install moviepy`")
     check_tracking(args.track)
-    check_env_id(args.env_id)
-    env = gym.make(args.env_id)
-    space = env.action_space
-    env.close()
+    obs_space, space = check_env_id(args.env_id)
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        fail(
+            "--env-id",
+            f"SAC here takes vector observations (a 1-D Box); {args.env_id} has {obs_space}. "
+            "Register the env wrapped in gymnasium.wrappers.FlattenObservation, or use algos/dreamer.py for images",
+        )
     if not isinstance(space, gym.spaces.Box):
         fail(
             "--env-id",
@@ -490,6 +508,9 @@ if __name__ == "__main__":
             checkpoint = load_checkpoint(checkpoint_path, rank)
             if checkpoint[0]["world_size"] != world_size:
                 fail("--resume", f"{checkpoint_path} was written by {checkpoint[0]['world_size']} processes; use as many")
+            check_resume_args(checkpoint[0]["args"], args, RESUME_FLAGS)
+            if checkpoint[0]["iteration"] > N:
+                fail("--total-steps", f"{checkpoint_path} is past {plan['policy_steps']} policy steps; give a larger budget")
         elif args.resume == "yes":
             fail("--resume", f"no checkpoint in {ckpt_dir}; use `--resume auto` to start fresh when there is none")
     if rank == 0:
@@ -529,7 +550,7 @@ if __name__ == "__main__":
 
     # TRY NOT TO MODIFY: counters (per rank), restored from a checkpoint when resuming
     ratio = Ratio(args.replay_ratio, m, args.per_rank_pretrain_steps)
-    start_iteration, local_env_steps, local_episodes = 0, 0, 0
+    start_iteration, local_policy_steps, local_env_steps, local_episodes = 0, 0, 0, 0
     window = [0.0, 0.0, 0.0]  # sum of returns, sum of lengths, episodes since the last log (this rank)
     if checkpoint is not None:
         shared, local = checkpoint
@@ -546,9 +567,12 @@ if __name__ == "__main__":
         with torch.no_grad():
             log_alpha.copy_(shared["log_alpha"])
         start_iteration = shared["iteration"]
-        local_env_steps, local_episodes, window = local["env_steps"], local["episodes"], local["window"]
+        local_policy_steps, local_env_steps, local_episodes = local["policy_steps"], local["env_steps"], local["episodes"]
+        window = local["window"]
         if local["buffer"] is not None:
             rb.load_state_dict(local["buffer"])
+        else:
+            warn("the checkpoint holds no replay buffer (--no-checkpoint-buffer): training resumes on an empty one")
         set_rng_state(local["rng"])
         action_rng.bit_generator.state = local["action_rng"]
         if rank == 0:
@@ -605,6 +629,7 @@ if __name__ == "__main__":
             "ratio": ratio.state_dict(),
         }
         local = {
+            "policy_steps": local_policy_steps,
             "env_steps": local_env_steps,
             "episodes": local_episodes,
             "window": window,
@@ -635,6 +660,7 @@ if __name__ == "__main__":
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         done = terminations | truncations
+        local_policy_steps += m
         local_env_steps += env_steps_taken(infos, done)
         for episodic_return, episodic_length in finished_episodes(infos, done):
             window[0], window[1], window[2] = window[0] + episodic_return, window[1] + episodic_length, window[2] + 1
@@ -693,7 +719,7 @@ if __name__ == "__main__":
         {
             "env_steps": local_env_steps,
             "episodes": local_episodes,
-            "policy_steps": N * m,
+            "policy_steps": local_policy_steps,
             "gradient_steps": ratio.gradient_steps,
             "checksum": checksum,
         },
@@ -711,43 +737,49 @@ if __name__ == "__main__":
             "param_checksums": [g["checksum"] for g in gathered],
         }
         ledger = {"plan": plan, "actual": actual, "replay_ratio": str(args.replay_ratio), "action_repeat": args.action_repeat}
+        errors = ledger_errors(plan, actual)
+        if errors:
+            errors.insert(0, "LEDGER MISMATCH (a bug in the step accounting):")
+        with open(os.path.join(run_dir, "steps.json"), "w") as f:  # written before evaluation, which may fail
+            json.dump(ledger, f, indent=2)
 
         # evaluation: deterministic actions on rank 0, not counted in the ledger's training steps
         if args.eval_episodes > 0:
-            if args.capture_video:
-                os.environ.setdefault("MUJOCO_GL", "egl")
-            eval_env = make_env(
-                args.env_id, args.action_repeat, args.max_episode_steps, "rgb_array" if args.capture_video else None
-            )()
-            if args.capture_video:
-                eval_env = gym.wrappers.RecordVideo(eval_env, os.path.join(run_dir, "videos"), name_prefix="eval")
-            returns, lengths = [], []
-            for ep in range(args.eval_episodes):
-                eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
-                while True:
-                    with torch.no_grad():
-                        action = actor.get_action(torch.as_tensor(eval_obs, dtype=torch.float32, device=device)[None])[2]
-                    eval_obs, _, terminated, truncated, info = eval_env.step(action[0].cpu().numpy())
-                    if terminated or truncated:
-                        returns.append(float(info["episode"]["r"]))
-                        lengths.append(int(info["episode"]["l"]))
-                        break
-            eval_env.close()
-            ledger["eval"] = {
-                "episodes": len(returns),
-                "mean_return": float(np.mean(returns)),
-                "std_return": float(np.std(returns)),
-                "mean_length": float(np.mean(lengths)),
-            }
-            writer.add_scalar("eval/episodic_return", ledger["eval"]["mean_return"], plan["policy_steps"])
-            writer.add_scalar("eval/episodic_return_std", ledger["eval"]["std_return"], plan["policy_steps"])
-            writer.add_scalar("eval/episodic_length", ledger["eval"]["mean_length"], plan["policy_steps"])
-
-        with open(os.path.join(run_dir, "steps.json"), "w") as f:
-            json.dump(ledger, f, indent=2)
+            try:
+                if args.capture_video:
+                    os.environ.setdefault("MUJOCO_GL", "egl")
+                render_mode = "rgb_array" if args.capture_video else None
+                eval_env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, render_mode)()
+                if args.capture_video:
+                    eval_env = gym.wrappers.RecordVideo(eval_env, os.path.join(run_dir, "videos"), name_prefix="eval")
+                returns, lengths = [], []
+                for ep in range(args.eval_episodes):
+                    eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
+                    while True:
+                        with torch.no_grad():
+                            obs_t = torch.as_tensor(eval_obs, dtype=torch.float32, device=device)[None]
+                            action = actor.get_action(obs_t)[2]
+                        eval_obs, _, terminated, truncated, info = eval_env.step(action[0].cpu().numpy())
+                        if terminated or truncated:
+                            returns.append(float(info["episode"]["r"]))
+                            lengths.append(int(info["episode"]["l"]))
+                            break
+                eval_env.close()
+                ledger["eval"] = {
+                    "episodes": len(returns),
+                    "mean_return": float(np.mean(returns)),
+                    "std_return": float(np.std(returns)),
+                    "mean_length": float(np.mean(lengths)),
+                }
+                writer.add_scalar("eval/episodic_return", ledger["eval"]["mean_return"], plan["policy_steps"])
+                writer.add_scalar("eval/episodic_return_std", ledger["eval"]["std_return"], plan["policy_steps"])
+                writer.add_scalar("eval/episodic_length", ledger["eval"]["mean_length"], plan["policy_steps"])
+                with open(os.path.join(run_dir, "steps.json"), "w") as f:
+                    json.dump(ledger, f, indent=2)
+            except Exception as e:  # training and its ledger are saved; report, exit 1, and let the other ranks finish
+                errors.append(f"evaluation failed ({type(e).__name__}: {e}); the training ledger is in steps.json")
         print(json.dumps(ledger, indent=2), flush=True)
         close_tracking(writer, args.track)
-        errors = ledger_errors(plan, actual)
         if errors:
-            print("LEDGER MISMATCH (a bug in the step accounting):\n  " + "\n  ".join(errors), flush=True)
+            print("\n  ".join(errors), flush=True)
     teardown(broadcast(1 if rank == 0 and errors else 0, world_size))

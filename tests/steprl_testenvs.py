@@ -34,3 +34,21 @@ class CountdownEnv(gym.Env):
 
 
 gym.register("Countdown-v0", entry_point=CountdownEnv)
+
+
+class EvalFailsEnv(CountdownEnv):
+    """Countdown whose evaluation episodes (the scripts seed them from 1_000_000 on) raise, to test that a failing
+    evaluation keeps the training ledger."""
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None and seed >= 1_000_000:
+            raise RuntimeError("evaluation env broke")
+        return super().reset(seed=seed, options=options)
+
+
+def needs_missing_extra(**kwargs):
+    raise gym.error.DependencyNotInstalled('this env needs an extra: `pip install "steprl-missing-extra"`')
+
+
+gym.register("EvalFails-v0", entry_point=EvalFailsEnv)
+gym.register("MissingExtra-v0", entry_point=needs_missing_extra)

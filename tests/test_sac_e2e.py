@@ -197,6 +197,16 @@ BAD = [
     (["--resume", "yes", "--run-name", "nothing-here"], "no checkpoint"),
     (["--total-steps", "1.5"], "total-steps"),
     (["--world-size", "4"], "world-size"),
+    (["--resume", "auto"], "`--resume auto` needs `--run-name NAME`"),
+    (["--total-steps", "1e400"], "'1e400' is not a whole number of steps"),
+    (["--replay-ratio", "1/0"], "'1/0' divides by zero"),
+    (["--capture-video"], "--capture-video: records the evaluation episodes; give `--eval-episodes 1`"),
+    (
+        ["--env-id", "steprl_testenvs:MissingExtra-v0"],
+        "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled",
+    ),  # fmt: skip
+    (["--env-id", "Blackjack-v1"], "SAC here takes vector observations (a 1-D Box)"),
+    (["--max-episode-steps", "2.5"], "--max-episode-steps"),
 ]
 
 
@@ -237,3 +247,30 @@ def test_async_envs_ledger(workdir):
     check_ledger_equals_plan(led)
     # each env: 100 policy steps = 64 + 36 (an episode is 65 policy steps: 129 env steps with repeat 2)
     assert (led["actual"]["episodes"], led["actual"]["env_steps"]) == (2, 2 * (129 + 35 * 2))
+
+
+def test_resume_rejects_changed_settings_and_a_passed_budget(workdir):
+    args = FAST + ["--learning-starts", "100", "--checkpoint-every", "200", "--run-name", "r"]
+    ok(run("sac.py", args + ["--total-steps", "200"], workdir))
+    before = (workdir / "runs" / "r" / "steps.json").read_text()
+    changed = run("sac.py", args + ["--total-steps", "400", "--resume", "yes", "--num-envs", "2"], workdir, timeout=60)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert "--num-envs 1 (checkpoint) vs 2 (now)" in changed.stderr
+    passed = run("sac.py", args + ["--total-steps", "100", "--resume", "yes"], workdir, timeout=60)
+    assert passed.returncode == 2 and "is past 100 policy steps" in passed.stderr
+    assert (workdir / "runs" / "r" / "steps.json").read_text() == before
+    longer = ok(run("sac.py", args + ["--total-steps", "400", "--resume", "yes"], workdir))  # a larger budget continues
+    assert "resumed from" in longer.stdout
+    check_ledger_equals_plan(ledger(workdir, "r"))
+    assert ledger(workdir, "r")["actual"]["policy_steps"] == 400
+
+
+def test_failing_evaluation_keeps_the_ledger_and_exits_1(workdir):
+    args = FAST + ["--env-id", "steprl_testenvs:EvalFails-v0", "--total-steps", "200", "--learning-starts", "100",
+                   "--eval-episodes", "2", "--run-name", "e"]  # fmt: skip
+    proc = run("sac.py", args, workdir)
+    assert proc.returncode == 1
+    assert "evaluation failed (RuntimeError: evaluation env broke)" in proc.stdout
+    led = ledger(workdir, "e")
+    check_ledger_equals_plan(led)
+    assert "eval" not in led

@@ -1,13 +1,10 @@
-"""steprl.utils: the plumbing the steprl scripts share. No algorithm lives here.
-
-CLI value types, bad-input exits, process group setup and teardown, gradient all-reduce, run directories,
-tracking (TensorBoard + W&B), seeding and atomic checkpoints. Installed as `steprl.utils` (from ./utils) so it
-never collides with another project's top-level `utils`; a copied script finds it after `pip install -e .`.
-"""
+"""steprl.utils: plumbing the scripts share (CLI types, bad input, processes, runs, tracking, checkpoints); no
+algorithm. Installed as `steprl.utils` (from ./utils) so it never collides with another project's `utils`."""
 
 import difflib
 import hashlib
 import importlib
+import math
 import os
 import random
 import shutil
@@ -25,41 +22,33 @@ from tyro.constructors import PrimitiveConstructorSpec
 
 # ---------------------------------------------------------------- CLI types and bad input
 def parse_steps(text: str) -> int:
-    """'1e6', '1_000_000', '1000000' -> 1000000. Rejects non-integral values such as '1.5'."""
-    value = float(text.replace("_", "")) if any(c in text for c in ".eE") else int(text.replace("_", ""))
-    if value != int(value):
+    """'1e6', '1_000_000', '1000000' -> 1000000. Rejects non-integral values such as '1.5', and 'inf' or 'nan'."""
+    value = float(text.replace("_", "")) if any(c in text for c in ".eEnN") else int(text.replace("_", ""))
+    if not math.isfinite(value) or value != int(value):
         raise ValueError(f"{text!r} is not a whole number of steps")
     return int(value)
 
 
 def parse_fraction(text: str) -> Fraction:
     """'0.75' -> 3/4, '1/3' -> 1/3 exactly (no float rounding), '2' -> 2."""
-    return Fraction(text.strip())
+    try:
+        return Fraction(text.strip())
+    except ZeroDivisionError:
+        raise ValueError(f"{text!r} divides by zero") from None
 
 
-Steps = Annotated[
-    int,
-    PrimitiveConstructorSpec(
+def _cli_type(metavar: str, parse, types: tuple) -> PrimitiveConstructorSpec:
+    return PrimitiveConstructorSpec(
         nargs=1,
-        metavar="INT",
-        instance_from_str=lambda args: parse_steps(args[0]),
-        is_instance=lambda x: isinstance(x, int) and not isinstance(x, bool),
+        metavar=metavar,
+        instance_from_str=lambda args: parse(args[0]),
+        is_instance=lambda x: isinstance(x, types) and not isinstance(x, bool),
         str_from_instance=lambda x: [str(x)],
-    ),
-]
-"""A step count on the command line: accepts 1e6, 1_000_000 or 1000000."""
+    )
 
-ExactRatio = Annotated[
-    Fraction,
-    PrimitiveConstructorSpec(
-        nargs=1,
-        metavar="RATIO",
-        instance_from_str=lambda args: parse_fraction(args[0]),
-        is_instance=lambda x: isinstance(x, (Fraction, int)) and not isinstance(x, bool),
-        str_from_instance=lambda x: [str(x)],
-    ),
-]
-"""An exact ratio on the command line: 0.5, 0.75 or 1/3 (kept as a Fraction, never a float)."""
+
+Steps = Annotated[int, _cli_type("INT", parse_steps, (int,))]  # a step count: 1e6, 1_000_000 or 1000000
+ExactRatio = Annotated[Fraction, _cli_type("RATIO", parse_fraction, (Fraction, int))]  # 0.75 or 1/3, never a float
 
 
 def is_main_process() -> bool:
@@ -81,8 +70,9 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def check_env_id(env_id: str) -> None:
-    """Exit 2 unless `env_id` (or `module:EnvId`, gymnasium's import syntax) names a registered env."""
+def check_env_id(env_id: str) -> tuple:
+    """Exit 2 unless `env_id` (or `module:EnvId`, gymnasium's import syntax) names a registered env that can be
+    created (missing extras such as mujoco or ale-py included). Returns its (observation, action) spaces."""
     import gymnasium as gym
 
     name = env_id
@@ -96,6 +86,13 @@ def check_env_id(env_id: str) -> None:
         close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.6)
         hint = f"closest registered ids: {', '.join(close)}" if close else "see gymnasium.pprint_registry()"
         fail("--env-id", f"unknown environment {name!r}; {hint}")
+    try:
+        env = gym.make(env_id)
+    except Exception as e:
+        fail("--env-id", f"cannot create {env_id}: {type(e).__name__}: {e}")
+    spaces = env.observation_space, env.action_space
+    env.close()
+    return spaces
 
 
 # ---------------------------------------------------------------- processes (torchrun)
@@ -147,8 +144,7 @@ def all_reduce_grads(params: list[torch.Tensor], world_size: int) -> None:
         g.copy_(new.view_as(g))
 
 
-def all_sum(values: list[float], world_size: int) -> list[float]:
-    """Sum a few numbers over all ranks (float64)."""
+def all_sum(values: list[float], world_size: int) -> list[float]:  # a few numbers summed over ranks (float64)
     if world_size == 1:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
@@ -156,8 +152,7 @@ def all_sum(values: list[float], world_size: int) -> list[float]:
     return t.tolist()
 
 
-def all_gather(obj, world_size: int) -> list:
-    """One picklable object from each rank, in rank order."""
+def all_gather(obj, world_size: int) -> list:  # one picklable object from each rank, in rank order
     if world_size == 1:
         return [obj]
     out = [None] * world_size
@@ -165,8 +160,7 @@ def all_gather(obj, world_size: int) -> list:
     return out
 
 
-def broadcast(obj, world_size: int):
-    """Rank 0's `obj` on every rank."""
+def broadcast(obj, world_size: int):  # rank 0's `obj` on every rank
     if world_size == 1:
         return obj
     box = [obj]
@@ -264,6 +258,14 @@ def check_tracking(track: bool) -> None:
 
 
 # ---------------------------------------------------------------- checkpoints
+def check_resume_args(saved: dict, args, flags: list[str]) -> None:
+    """Exit 2 when a flag that shapes the step plan, the buffers or the networks differs from the checkpoint's run."""
+    now = config_dict(args)
+    diff = [f"--{k.replace('_', '-')} {saved.get(k)} (checkpoint) vs {now[k]} (now)" for k in flags if saved.get(k) != now[k]]
+    if diff:
+        fail("--resume", "the checkpoint's run used other settings: " + "; ".join(diff) + ". Resume with its flags")
+
+
 def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, world_size: int, keep: int) -> str:
     """Write `root/step_<step>/` atomically: rank 0 writes `shared.pt`, every rank its `rank<r>.pt`, all into a
     temporary directory that rank 0 renames once every rank is done. Keeps the newest `keep` checkpoints."""
