@@ -29,6 +29,7 @@ from steprl.utils import (
     all_sum,
     broadcast,
     check_env_id,
+    check_resume_args,
     check_tracking,
     close_tracking,
     config_dict,
@@ -95,7 +96,7 @@ class Args:
     """if toggled, step the envs in subprocesses (AsyncVectorEnv) instead of in this process"""
     action_repeat: int = 1
     """env steps per policy step (rewards are summed; stops early at an episode end)"""
-    max_episode_steps: int | None = None
+    max_episode_steps: Steps | None = None
     """policy steps after which an episode is truncated (default: only the env's own limit, in env steps)"""
     image_size: int = 64
     """image observations are resized to image_size x image_size pixels (a power of two, at least 8)"""
@@ -158,6 +159,20 @@ SIZES = {
     "size200m": dict(deter=8192, hidden=1024, classes=64, units=1024, depth=64),
 }
 STOCH, BLOCKS, BINS = 32, 8, 255
+
+
+RESUME_FLAGS = [  # a resumed run must keep these (they shape the step plan, buffers or networks); --total-steps may grow
+    "env_id",
+    "num_envs",
+    "action_repeat",
+    "max_episode_steps",
+    "learning_starts",
+    "replay_ratio",
+    "per_rank_pretrain_steps",
+    "per_rank_buffer_size",
+    "image_size",
+    "size",
+]
 
 
 # ALGO LOGIC: environments
@@ -348,11 +363,19 @@ class SequenceReplay:
 
     def __init__(self, capacity: int, num_envs: int, obs_space: gym.spaces.Dict, act_dim: int):
         self.capacity, self.num_envs = capacity, num_envs
+        # empty, not zeros: the OS commits the memory as the buffer fills, and only written steps are ever read
+        self.data = {
+            k: torch.empty((num_envs, capacity, *shape), dtype=dtype) for k, (shape, dtype) in self.fields(obs_space, act_dim)
+        }
+        self.pos, self.size, self.added = [0] * num_envs, [0] * num_envs, 0
+
+    @staticmethod
+    def fields(obs_space: gym.spaces.Dict, act_dim: int) -> list[tuple[str, tuple[tuple, torch.dtype]]]:
+        """(name, (shape, dtype)) of everything stored per step."""
         shapes = {k: (s.shape, torch.uint8 if s.dtype == np.uint8 else torch.float32) for k, s in obs_space.spaces.items()}
         shapes |= {"action": ((act_dim,), torch.float32), "reward": ((), torch.float32)}
         shapes |= {k: ((), torch.bool) for k in ("is_first", "is_last", "is_terminal")}
-        self.data = {k: torch.zeros((num_envs, capacity, *shape), dtype=dtype) for k, (shape, dtype) in shapes.items()}
-        self.pos, self.size, self.added = [0] * num_envs, [0] * num_envs, 0
+        return list(shapes.items())
 
     def add(self, i: int, step: dict) -> None:
         for k, v in self.data.items():
@@ -564,7 +587,8 @@ class BlockLinear(nn.Module):
 
     def __init__(self, fan_in: int, fan_out: int, groups: int):
         super().__init__()
-        self.weight = nn.Parameter(init_(torch.empty(groups, fan_in // groups, fan_out // groups), fan_in // groups))
+        # the reference's fan-in counts all groups (its fans of a [g, i, o] kernel are g * i and g * o)
+        self.weight = nn.Parameter(init_(torch.empty(groups, fan_in // groups, fan_out // groups), fan_in))
         self.bias = nn.Parameter(torch.zeros(groups, fan_out // groups))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -880,8 +904,8 @@ def validate(args: Args) -> None:
             "--per-rank-buffer-size",
             f"{args.per_rank_buffer_size} holds fewer than {T} steps per env; use at least {T * args.num_envs}",
         )
-    if args.resume == "yes" and args.run_name is None and "TORCHELASTIC_RUN_ID" not in os.environ:
-        fail("--resume", "`--resume yes` needs `--run-name NAME` to know which run to continue")
+    if args.resume != "no" and args.run_name is None and "TORCHELASTIC_RUN_ID" not in os.environ:
+        fail("--resume", f"`--resume {args.resume}` needs `--run-name NAME` to know which run to continue")
     run_dir = os.path.join("runs", args.run_name or "")
     if (
         args.run_name
@@ -895,10 +919,7 @@ def validate(args: Args) -> None:
         except ImportError:
             fail("--capture-video", "videos need moviepy: `pip install moviepy`")
     check_tracking(args.track)
-    check_env_id(args.env_id)
-    env = gym.make(args.env_id)
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
+    obs_space, act_space = check_env_id(args.env_id)
     if isinstance(act_space, gym.spaces.Box):
         if len(act_space.shape) != 1 or not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
             fail(
@@ -913,6 +934,20 @@ def validate(args: Args) -> None:
             fail("--env-id", f"observation {k!r} is {s}; use Box images (H, W, C uint8), Box vectors, or a Dict of them")
         if is_image(s) and len(s.shape) == 3 and s.shape[2] > 16:
             fail("--env-id", f"observation {k!r} {s.shape} looks channel-first; images must be (H, W, C) uint8")
+    if args.capture_video and not any(is_image(s) for s in spaces.values()):
+        fail("--capture-video", f"records real vs. imagined frames of image observations; {args.env_id} has none")
+    env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, args.image_size)()  # stored shapes
+    act_dim = act_space.n if isinstance(act_space, gym.spaces.Discrete) else act_space.shape[0]
+    stored = SequenceReplay.fields(env.observation_space, act_dim)
+    env.close()
+    step_bytes = sum(math.prod(shape) * dtype.itemsize for _, (shape, dtype) in stored)
+    ram, local_ranks = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if args.per_rank_buffer_size * step_bytes * local_ranks > 0.8 * ram:  # now, not as an out-of-memory kill hours later
+        fail(
+            "--per-rank-buffer-size",
+            f"a full replay takes {args.per_rank_buffer_size * step_bytes / 2**30:.1f} GiB per process ({local_ranks} "
+            f"on this machine with {ram / 2**30:.0f} GiB of RAM); use at most {int(0.8 * ram / local_ranks / step_bytes)}",
+        )
 
 
 if __name__ == "__main__":
@@ -949,6 +984,15 @@ if __name__ == "__main__":
             checkpoint = load_checkpoint(checkpoint_path, rank)
             if checkpoint[0]["world_size"] != world_size:
                 fail("--resume", f"{checkpoint_path} was written by {checkpoint[0]['world_size']} processes; use as many")
+            check_resume_args(checkpoint[0]["args"], args, RESUME_FLAGS)
+            if checkpoint[0]["iteration"] > N:
+                fail("--total-steps", f"{checkpoint_path} is past {plan['policy_steps']} policy steps; give a larger budget")
+            if checkpoint[1]["buffer"] is None and checkpoint[0]["iteration"] < N and plan["training_iterations"]:
+                fail(
+                    "--resume",
+                    f"{checkpoint_path} holds no replay buffer (written with --no-checkpoint-buffer), and training "
+                    "cannot continue from an empty replay; start a new run (the weights are in its shared.pt)",
+                )
         elif args.resume == "yes":
             fail("--resume", f"no checkpoint in {ckpt_dir}; use `--resume auto` to start fresh when there is none")
     if rank == 0:
@@ -1000,7 +1044,7 @@ if __name__ == "__main__":
 
     def to_env_action(a: np.ndarray) -> np.ndarray:
         if discrete:
-            return a.argmax(-1)
+            return a.argmax(-1) + act_space.start  # Discrete(n, start=s) takes s .. s + n - 1
         return (act_space.low + (np.clip(a, -1, 1) + 1) / 2 * (act_space.high - act_space.low)).astype(act_space.dtype)
 
     def add_reset_obs(i: int, obs: dict) -> None:
@@ -1008,7 +1052,7 @@ if __name__ == "__main__":
 
     # TRY NOT TO MODIFY: counters (per rank), restored from a checkpoint when resuming
     ratio = Ratio(args.replay_ratio, m, args.per_rank_pretrain_steps)
-    start_iteration, local_env_steps, local_episodes, local_starts = 0, 0, 0, 0
+    start_iteration, local_policy_steps, local_env_steps, local_episodes, local_starts = 0, 0, 0, 0, 0
     window = [0.0, 0.0, 0.0]  # sum of returns, sum of lengths, episodes since the last log (this rank)
     if checkpoint is not None:
         shared, local = checkpoint
@@ -1021,7 +1065,8 @@ if __name__ == "__main__":
         ]:
             module.load_state_dict(shared[key])
         start_iteration = shared["iteration"]
-        local_env_steps, local_episodes, local_starts, window = (
+        local_policy_steps, local_env_steps, local_episodes, local_starts, window = (
+            local["policy_steps"],
             local["env_steps"],
             local["episodes"],
             local["starts"],
@@ -1187,6 +1232,7 @@ if __name__ == "__main__":
             "ratio": ratio.state_dict(),
         }
         local = {
+            "policy_steps": local_policy_steps,
             "env_steps": local_env_steps,
             "episodes": local_episodes,
             "starts": local_starts,
@@ -1225,6 +1271,7 @@ if __name__ == "__main__":
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(to_env_action(actions))
         done = terminations | truncations
+        local_policy_steps += m
         local_env_steps += env_steps_taken(infos, done)
         for episodic_return, episodic_length in finished_episodes(infos, done):
             window[0], window[1], window[2] = window[0] + episodic_return, window[1] + episodic_length, window[2] + 1
@@ -1300,7 +1347,7 @@ if __name__ == "__main__":
         {
             "env_steps": local_env_steps,
             "episodes": local_episodes,
-            "policy_steps": N * m,
+            "policy_steps": local_policy_steps,
             "gradient_steps": ratio.gradient_steps,
             "checksum": checksum,
             "stored_steps": rb.added,
@@ -1331,40 +1378,47 @@ if __name__ == "__main__":
             else 0.0,
         }
 
-        # evaluation: policy actions on rank 0, not counted in the ledger's training steps
-        if args.eval_episodes > 0:
-            eval_env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, args.image_size)()
-            returns, lengths = [], []
-            for ep in range(args.eval_episodes):
-                eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
-                d, s = agent.rssm.initial(1, device)
-                a, first = torch.zeros(1, act_dim, device=device), np.ones(1, dtype=bool)
-                while True:
-                    a, d, s = policy({k: v[None] for k, v in eval_obs.items()}, d, s, a, first)
-                    eval_obs, _, terminated, truncated, info = eval_env.step(to_env_action(a.cpu().numpy())[0])
-                    first[:] = False
-                    if terminated or truncated:
-                        returns.append(float(info["episode"]["r"]))
-                        lengths.append(int(info["episode"]["l"]))
-                        break
-            eval_env.close()
-            ledger["eval"] = {
-                "episodes": len(returns),
-                "mean_return": float(np.mean(returns)),
-                "std_return": float(np.std(returns)),
-                "mean_length": float(np.mean(lengths)),
-            }
-            writer.add_scalar("eval/episodic_return", ledger["eval"]["mean_return"], plan["policy_steps"])
-            writer.add_scalar("eval/episodic_return_std", ledger["eval"]["std_return"], plan["policy_steps"])
-            writer.add_scalar("eval/episodic_length", ledger["eval"]["mean_length"], plan["policy_steps"])
-
-        with open(os.path.join(run_dir, "steps.json"), "w") as f:
-            json.dump(ledger, f, indent=2)
-        print(json.dumps(ledger, indent=2), flush=True)
-        close_tracking(writer, args.track)
         errors = ledger_errors(plan, actual)
         if actual["stored_steps"] != actual["policy_steps"] + actual["episode_starts"]:
             errors.append(f"stored_steps: counted {actual['stored_steps']} != policy steps + episode starts")
         if errors:
-            print("LEDGER MISMATCH (a bug in the step accounting):\n  " + "\n  ".join(errors), flush=True)
+            errors.insert(0, "LEDGER MISMATCH (a bug in the step accounting):")
+        with open(os.path.join(run_dir, "steps.json"), "w") as f:  # written before evaluation, which may fail
+            json.dump(ledger, f, indent=2)
+
+        # evaluation: policy actions on rank 0, not counted in the ledger's training steps
+        if args.eval_episodes > 0:
+            try:
+                eval_env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, args.image_size)()
+                returns, lengths = [], []
+                for ep in range(args.eval_episodes):
+                    eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
+                    d, s = agent.rssm.initial(1, device)
+                    a, first = torch.zeros(1, act_dim, device=device), np.ones(1, dtype=bool)
+                    while True:
+                        a, d, s = policy({k: v[None] for k, v in eval_obs.items()}, d, s, a, first)
+                        eval_obs, _, terminated, truncated, info = eval_env.step(to_env_action(a.cpu().numpy())[0])
+                        first[:] = False
+                        if terminated or truncated:
+                            returns.append(float(info["episode"]["r"]))
+                            lengths.append(int(info["episode"]["l"]))
+                            break
+                eval_env.close()
+                ledger["eval"] = {
+                    "episodes": len(returns),
+                    "mean_return": float(np.mean(returns)),
+                    "std_return": float(np.std(returns)),
+                    "mean_length": float(np.mean(lengths)),
+                }
+                writer.add_scalar("eval/episodic_return", ledger["eval"]["mean_return"], plan["policy_steps"])
+                writer.add_scalar("eval/episodic_return_std", ledger["eval"]["std_return"], plan["policy_steps"])
+                writer.add_scalar("eval/episodic_length", ledger["eval"]["mean_length"], plan["policy_steps"])
+                with open(os.path.join(run_dir, "steps.json"), "w") as f:
+                    json.dump(ledger, f, indent=2)
+            except Exception as e:  # training and its ledger are saved; report, exit 1, and let the other ranks finish
+                errors.append(f"evaluation failed ({type(e).__name__}: {e}); the training ledger is in steps.json")
+        print(json.dumps(ledger, indent=2), flush=True)
+        close_tracking(writer, args.track)
+        if errors:
+            print("\n  ".join(errors), flush=True)
     teardown(broadcast(1 if rank == 0 and errors else 0, world_size))

@@ -1,6 +1,8 @@
 """DreamerV3 components with hand-computed numbers (issue 3). The script is imported from its path; its `__main__`
 block does not run."""
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -68,6 +70,16 @@ def test_reward_and_critic_output_layers_are_zero_initialised_so_predictions_sta
         assert torch.all(head.net[-1].weight == 0) and torch.all(head.net[-1].bias == 0)
         assert torch.all(D.twohot_mean(head(feat), agent.bins) == 0.0)
     assert agent.cont.net[-1].weight.abs().sum() > 0  # the continue head is not zero-initialised (outscale 1)
+
+
+def test_init_std_uses_the_full_fan_in_also_for_block_linear():
+    # The reference draws truncated normals scaled to std 1/sqrt(fan_in), and the fan-in of a [groups, in/g, out/g]
+    # block kernel counts every group: BlockLinear(512, 512, 8) has std 1/sqrt(512), not 1/sqrt(64).
+    torch.manual_seed(0)
+    block = D.BlockLinear(512, 512, 8).weight
+    dense = D.linear(300, 200).weight
+    assert abs(block.std().item() * math.sqrt(512) - 1) < 0.03 and block.abs().max() <= 2 * 1.1368 / math.sqrt(512)
+    assert abs(dense.std().item() * math.sqrt(300) - 1) < 0.03
 
 
 # ---------------------------------------------------------------- return normalisation, lambda-returns
@@ -284,7 +296,8 @@ def test_replay_state_round_trip():
     other = D.SequenceReplay(capacity=30, num_envs=2, obs_space=vec_space(), act_dim=2)
     other.load_state_dict(state)
     assert other.pos == rb.pos and other.size == rb.size and other.added == rb.added
-    assert all(torch.equal(other.data[k], rb.data[k]) for k in rb.data)
+    n = max(rb.size)  # the stored steps (the rest of the storage is never written or read)
+    assert all(torch.equal(other.data[k][:, :n], rb.data[k][:, :n]) for k in rb.data)
 
 
 # ---------------------------------------------------------------- behaviour: actor-critic losses, slow critic, defaults

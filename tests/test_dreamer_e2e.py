@@ -189,6 +189,10 @@ BAD = [
     (["--env-id", "Blackjack-v1"], "observation"),
     (["--total-steps", "1"], "--total-steps"),
     (["--resume", "yes"], "--run-name"),
+    (["--resume", "auto"], "`--resume auto` needs `--run-name NAME`"),
+    (["--capture-video"], "--capture-video: records real vs. imagined frames of image observations; CartPole-v1 has none"),
+    (["--env-id", "steprl_testenvs:MissingExtra-v0"], "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled"),
+    (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: a full replay takes"),
 ]
 
 
@@ -224,3 +228,21 @@ def test_help_works():
     proc = subprocess.run(command("dreamer.py", ["--help"]), capture_output=True, text=True, env=script_env(), timeout=60)
     assert proc.returncode == 0 and "--per-rank-sequence-length" in proc.stdout and "size200m" in proc.stdout
     assert os.path.basename(command("dreamer.py", [])[-1]) == "dreamer.py"
+
+
+def test_resume_rejects_changed_settings_and_a_checkpoint_without_replay(workdir):
+    args = FAST + ["--env-id", "CartPole-v1", "--learning-starts", "16", "--replay-ratio", "1/8", "--checkpoint-every", "32"]
+    ok(run("dreamer.py", args + ["--total-steps", "32", "--run-name", "r"], workdir))
+    changed = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "r", "--resume", "yes", "--size", "size1m"],
+                  workdir, timeout=60)  # fmt: skip
+    assert changed.returncode == 2 and "--size tiny (checkpoint) vs size1m (now)" in changed.stderr
+    assert "Traceback" not in changed.stderr
+
+    ok(run("dreamer.py", args + ["--total-steps", "32", "--run-name", "nb", "--no-checkpoint-buffer"], workdir))
+    empty = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "nb", "--resume", "yes"], workdir, timeout=60)
+    assert empty.returncode == 2 and "holds no replay buffer" in empty.stderr and "Traceback" not in empty.stderr
+    longer = ok(run("dreamer.py", args + ["--total-steps", "64", "--run-name", "r", "--resume", "yes"], workdir))
+    assert "resumed from" in longer.stdout
+    plan, actual = ledger(workdir, "r")["plan"], ledger(workdir, "r")["actual"]
+    assert actual["policy_steps"] == plan["policy_steps"] == 64 and actual["gradient_steps"] == plan["gradient_steps"]
+    assert actual["episode_starts"] == actual["episodes"] + 2  # the first reset and the fresh reset of the resume
