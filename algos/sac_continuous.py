@@ -457,12 +457,16 @@ def validate(args: Args) -> None:
             fail("--capture-video", "recording needs moviepy: `pip install moviepy`")
     check_tracking(args.track)
     obs_space, space = check_env_id(args.env_id)
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(
-            "--env-id",
-            f"SAC here takes vector observations (a 1-D Box); {args.env_id} has {obs_space}. "
-            "Register the env wrapped in gymnasium.wrappers.FlattenObservation, or use algos/dreamer.py for images",
-        )
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:  # obs, next_obs, action, reward, termination
+        step_bytes = 4 * (2 * gym.spaces.flatdim(obs_space) + space.shape[0] + 2)
+        ram, local_ranks = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if args.per_rank_buffer_size * step_bytes * local_ranks > 0.8 * ram:  # now, not as an out-of-memory kill later
+            fail(
+                "--per-rank-buffer-size",
+                f"the replay buffer takes {args.per_rank_buffer_size * step_bytes / 2**30:.1f} GiB per process "
+                f"({local_ranks} on this machine with {ram / 2**30:.0f} GiB of RAM); use at most "
+                f"{int(0.8 * ram / local_ranks / step_bytes)}",
+            )
     if not isinstance(space, gym.spaces.Box):
         fail(
             "--env-id",

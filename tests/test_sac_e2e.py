@@ -205,7 +205,7 @@ BAD = [
         ["--env-id", "steprl_testenvs:MissingExtra-v0"],
         "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled",
     ),  # fmt: skip
-    (["--env-id", "Blackjack-v1"], "SAC here takes vector observations (a 1-D Box)"),
+    (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: the replay buffer takes"),
     (["--max-episode-steps", "2.5"], "--max-episode-steps"),
 ]
 
