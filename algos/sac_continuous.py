@@ -406,9 +406,10 @@ def validate(args: Args) -> None:
     """Bad input: exit 2 with the flag and the fix, before any env or process group starts (same on every rank)."""
     for flag, value, low in [
         ("--num-envs", args.num_envs, 1),
+        ("--seed", args.seed, 0),
+        ("--per-rank-buffer-size", args.per_rank_buffer_size, args.num_envs),
         ("--action-repeat", args.action_repeat, 1),
         ("--per-rank-batch-size", args.per_rank_batch_size, 1),
-        ("--per-rank-buffer-size", args.per_rank_buffer_size, 1),
         ("--policy-frequency", args.policy_frequency, 1),
         ("--target-network-frequency", args.target_network_frequency, 1),
         ("--keep-checkpoints", args.keep_checkpoints, 1),
@@ -682,8 +683,11 @@ if __name__ == "__main__":
         # ALGO LOGIC: training, `ratio()` gradient steps per training iteration
         if iteration > R:
             todo = ratio()
-            for j, data in enumerate(rb.sample(todo, args.per_rank_batch_size)):
+            for j in range(todo):
+                if j % 64 == 0:  # sample 64 minibatches at a time: a large pretrain count never fills memory at once
+                    batches = rb.sample(min(64, todo - j), args.per_rank_batch_size)
                 g = ratio.gradient_steps - todo + j + 1  # this rank's gradient step number, 1-based
+                data = batches[j % 64]
                 metrics = metrics | update(data, g % args.policy_frequency == 0, g % args.target_network_frequency == 0)
         progress.update(P)
 

@@ -206,6 +206,8 @@ BAD = [
         "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled",
     ),  # fmt: skip
     (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: the replay buffer takes"),
+    (["--per-rank-buffer-size", "3", "--num-envs", "4"], "--per-rank-buffer-size: got 3; it must be at least 4"),
+    (["--seed", "-1"], "--seed: got -1"),
     (["--max-episode-steps", "2.5"], "--max-episode-steps"),
 ]
 
@@ -274,3 +276,14 @@ def test_failing_evaluation_keeps_the_ledger_and_exits_1(workdir):
     led = ledger(workdir, "e")
     check_ledger_equals_plan(led)
     assert "eval" not in led
+
+
+def test_pretrain_ledger_with_more_gradient_steps_than_one_sampling_chunk(workdir):
+    args = FAST + ["--total-steps", "300", "--num-envs", "2", "--learning-starts", "100", "--replay-ratio", "1/2",
+                   "--per-rank-pretrain-steps", "150"]  # fmt: skip
+    ok(run("sac.py", args, workdir))
+    led = ledger(workdir)
+    assert (led["plan"]["training_iterations"], led["plan"]["per_rank_gradient_steps"]) == (100, 150 + 99)
+    check_ledger_equals_plan(led)
+    losses = scalars(next((workdir / "runs").iterdir()))
+    assert all(v == v for _, v in losses["losses/qf_loss"])  # finite (not NaN) after the 150-step pretrain
