@@ -844,6 +844,7 @@ def validate(args: Args) -> None:
     """Bad input: exit 2 with the flag and the fix, before any env or process group starts (same on every rank)."""
     for flag, value, low in [
         ("--num-envs", args.num_envs, 1),
+        ("--seed", args.seed, 0),
         ("--action-repeat", args.action_repeat, 1),
         ("--per-rank-batch-size", args.per_rank_batch_size, 1),
         ("--per-rank-sequence-length", args.per_rank_sequence_length, 2),
@@ -1294,8 +1295,9 @@ if __name__ == "__main__":
         if iteration > R:
             todo = ratio()
             train_start = time.time()
-            for data in rb.sample(todo, B, T) if todo else []:
-                metrics = update(data)
+            for first in range(0, todo, 16):  # 16 batches at a time: a large pretrain count never fills memory at once
+                for data in rb.sample(min(16, todo - first), B, T):
+                    metrics = update(data)
             train_seconds += time.time() - train_start
         progress.update(P)
 

@@ -190,6 +190,7 @@ BAD = [
     (["--total-steps", "1"], "--total-steps"),
     (["--resume", "yes"], "--run-name"),
     (["--resume", "auto"], "`--resume auto` needs `--run-name NAME`"),
+    (["--seed", "-3"], "--seed: got -3"),
     (["--capture-video"], "--capture-video: records real vs. imagined frames of image observations; CartPole-v1 has none"),
     (["--env-id", "steprl_testenvs:MissingExtra-v0"], "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled"),
     (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: a full replay takes"),
@@ -246,3 +247,12 @@ def test_resume_rejects_changed_settings_and_a_checkpoint_without_replay(workdir
     plan, actual = ledger(workdir, "r")["plan"], ledger(workdir, "r")["actual"]
     assert actual["policy_steps"] == plan["policy_steps"] == 64 and actual["gradient_steps"] == plan["gradient_steps"]
     assert actual["episode_starts"] == actual["episodes"] + 2  # the first reset and the fresh reset of the resume
+
+
+def test_pretrain_ledger_with_more_gradient_steps_than_one_sampling_chunk(workdir):
+    args = FAST + ["--env-id", "CartPole-v1", "--num-envs", "2", "--total-steps", "64", "--learning-starts", "16",
+                   "--replay-ratio", "1/8", "--per-rank-pretrain-steps", "20"]  # fmt: skip
+    ok(run("dreamer.py", args, workdir))
+    led = ledger(workdir)
+    assert (led["plan"]["training_iterations"], led["plan"]["per_rank_gradient_steps"]) == (24, 20 + 23 // 4)
+    check_ledger(led, num_envs=2)
