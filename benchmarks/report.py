@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> dict:
     write_csv(os.path.join(args.output, "speed.csv"), speed_rows)
 
     returns_md = markdown_table(
-        ["script", "env", "seeds", "policy steps", "final return (training)", "eval return (deterministic)", "reference"],
+        ["script", "env", "seeds", "policy steps", "final return (training)", "eval return (end of run)", "reference"],
         [
             [
                 r["script"] + (f" ({r['world_size']} processes)" if r["world_size"] != 1 else ""),
@@ -452,7 +452,11 @@ def main(argv: list[str] | None = None) -> dict:
             for r in returns_rows
         ],
     )
-    returns_md += f"\nFinal return: {window_text}; ± is the standard deviation across seeds (ddof=0).\n"
+    returns_md += (
+        f"\nFinal return: {window_text}; ± is the standard deviation across seeds (ddof=0). Eval return: the script's "
+        "`eval/episodic_return` after training (SAC: deterministic actions; Dreamer: actions sampled from the policy, "
+        "as the reference evaluates).\n"
+    )
     burn = (
         f"from the first log at or after {args.burn_in_steps} policy steps"
         if args.burn_in_steps is not None
