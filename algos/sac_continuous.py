@@ -77,7 +77,7 @@ class Args:
     torch_threads: int = 1
     """torch intra-op threads per process on CPU (1 is fastest for these small networks on shared cores)"""
     compile: bool = False
-    """if toggled, `torch.compile` the loss functions (about a minute of start-up; see the page for when it pays)"""
+    """if toggled, `torch.compile` the loss functions (10-30 s of start-up; slower on CPU, see the page)"""
     log_every: Steps = 1000
     """global policy steps between scalar logs"""
     eval_episodes: int = 10
