@@ -457,6 +457,8 @@ def validate(args: Args) -> None:
         except ImportError:
             fail("--capture-video", "recording needs moviepy: `pip install moviepy`")
     check_tracking(args.track)
+    if args.capture_video:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering; must be set before mujoco is imported
     obs_space, space = check_env_id(args.env_id)
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:  # obs, next_obs, action, reward, termination
         step_bytes = 4 * (2 * gym.spaces.flatdim(obs_space) + space.shape[0] + 2)
@@ -483,6 +485,14 @@ def validate(args: Args) -> None:
             f"SAC squashes actions with tanh and needs finite action bounds; {args.env_id} has {space}. "
             "Wrap the env with gymnasium.wrappers.ClipAction or RescaleAction",
         )
+    if args.capture_video:  # render one frame now rather than fail after training
+        try:
+            env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, "rgb_array")()
+            env.reset(seed=args.seed)
+            env.render()
+            env.close()
+        except Exception as e:
+            fail("--capture-video", f"cannot render {args.env_id} as rgb_array ({type(e).__name__}: {e})")
 
 
 if __name__ == "__main__":
@@ -754,8 +764,6 @@ if __name__ == "__main__":
         # evaluation: deterministic actions on rank 0, not counted in the ledger's training steps
         if args.eval_episodes > 0:
             try:
-                if args.capture_video:
-                    os.environ.setdefault("MUJOCO_GL", "egl")
                 render_mode = "rgb_array" if args.capture_video else None
                 eval_env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, render_mode)()
                 if args.capture_video:

@@ -52,3 +52,13 @@ def needs_missing_extra(**kwargs):
 
 gym.register("EvalFails-v0", entry_point=EvalFailsEnv)
 gym.register("MissingExtra-v0", entry_point=needs_missing_extra)
+
+
+class NoRenderEnv(CountdownEnv):
+    """Countdown that cannot render, as an env whose rendering extra is not installed."""
+
+    def render(self):
+        raise gym.error.DependencyNotInstalled('rendering needs an extra: `pip install "steprl-missing-extra"`')
+
+
+gym.register("NoRender-v0", entry_point=NoRenderEnv)

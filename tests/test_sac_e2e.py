@@ -208,6 +208,10 @@ BAD = [
     (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: the replay buffer takes"),
     (["--per-rank-buffer-size", "3", "--num-envs", "4"], "--per-rank-buffer-size: got 3; it must be at least 4"),
     (["--seed", "-1"], "--seed: got -1"),
+    (
+        ["--env-id", "steprl_testenvs:NoRender-v0", "--capture-video", "--eval-episodes", "1"],
+        "--capture-video: cannot render steprl_testenvs:NoRender-v0 as rgb_array (DependencyNotInstalled",
+    ),  # fmt: skip
     (["--max-episode-steps", "2.5"], "--max-episode-steps"),
 ]
 
