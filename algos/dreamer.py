@@ -497,6 +497,17 @@ def continue_target(is_terminal: torch.Tensor, horizon: float) -> torch.Tensor:
     return (1 - is_terminal.float()) * (1 - 1 / horizon)
 
 
+def loss_scales(args, obs_keys: list[str]) -> dict[str, float]:
+    """Paper Eq. (5) and code `loss_scales`: prediction terms 1, dynamics 1, representation 0.1, replay value 0.3."""
+    scales = {"dyn": args.dyn_scale, "rep": args.rep_scale, "rew": 1.0, "con": 1.0, "policy": 1.0, "value": 1.0}
+    return scales | {"repval": args.repval_scale} | {f"rec_{k}": 1.0 for k in obs_keys}  # one decoder term per key
+
+
+def total_loss(losses: dict[str, torch.Tensor], scales: dict[str, float]) -> torch.Tensor:
+    """The one loss all modules minimise: each [B, T] term averaged, scaled and summed (a missing scale is an error)."""
+    return sum(v.mean() * scales[k] for k, v in losses.items())
+
+
 def lambda_return(rewards, continues, values, gamma, lam) -> torch.Tensor:
     """R_t = r_t + gamma c_t ((1 - lam_t) v_{t+1} + lam_t R_{t+1}), R_H = v_H. rewards, continues: [B, H] (step t's
     reward and continue flag); values: [B, H + 1]; lam: a float or [B, H]. Returns [B, H]."""
@@ -1028,16 +1039,7 @@ if __name__ == "__main__":
     params = list(agent.parameters())
     optimizer = LaProp(params, args.learning_rate, args.agc, args.adam_eps, args.beta1, args.beta2, args.warmup)
     rb = SequenceReplay(args.per_rank_buffer_size // m, m, obs_space, act_dim)
-    scales = {
-        "dyn": args.dyn_scale,
-        "rep": args.rep_scale,
-        "rew": 1.0,
-        "con": 1.0,
-        "policy": 1.0,
-        "value": 1.0,
-        "repval": args.repval_scale,
-    }
-    scales |= {f"rec_{k}": 1.0 for k in obs_space.spaces}  # reconstruction, one term per observation key
+    scales = loss_scales(args, list(obs_space.spaces))
     if rank == 0:
         counts = parameter_counts(obs_space, act_dim, discrete, args.size)
         parts = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")
@@ -1162,7 +1164,7 @@ if __name__ == "__main__":
         rep_loss = twohot_loss(rep_logits, rep_ret, agent.bins) + twohot_loss(rep_logits, rep_slow, agent.bins)
         losses["repval"] = (1 - is_last[:, :-1]) * rep_loss
 
-        loss = sum(v.mean() * scales[k] for k, v in losses.items())
+        loss = total_loss(losses, scales)
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         all_reduce_grads(params, world_size)

@@ -1,8 +1,7 @@
 """DreamerV3 losses not covered by test_dreamer.py: free nats on the summed KL, the replay value returns, the return
-normalisation of the advantages, the image preprocessing, LaProp's second step and continuous REINFORCE. Expected
-values are derived by hand (or by an independent straightforward computation written here). The total loss (the loss
-scales dyn 1, rep 0.1, repval 0.3, ...) is assembled inside `update` in the script's `__main__` block and is not
-testable from here."""
+normalisation of the advantages, the image preprocessing, LaProp's second step, continuous REINFORCE, and the loss
+scales of the total loss. Expected values are derived by hand (or by an independent straightforward computation
+written here)."""
 
 import math
 
@@ -235,3 +234,17 @@ def test_continuous_reinforce_moves_the_logprob_with_the_sign_of_the_advantage(s
             param -= 1e-2 * param.grad
     after = logprob()
     assert (after - before) * sign > 1e-4  # descent raises log pi(a) for a positive advantage, lowers it otherwise
+
+
+# ---------------------------------------------------------------- loss scales and the total loss
+def test_loss_scales_are_the_papers_and_the_total_is_the_scaled_sum_of_means():
+    scales = D.loss_scales(D.Args(), ["image", "vector"])
+    assert scales == {"dyn": 1.0, "rep": 0.1, "rew": 1.0, "con": 1.0, "policy": 1.0, "value": 1.0, "repval": 0.3,
+                      "rec_image": 1.0, "rec_vector": 1.0}  # fmt: skip
+    losses = {k: torch.full((2, 3), float(i + 1)) for i, k in enumerate(scales)}  # term i has mean i + 1
+    expected = 1 + 0.1 * 2 + 3 + 4 + 5 + 6 + 0.3 * 7 + 8 + 9
+    assert D.total_loss(losses, scales).item() == pytest.approx(expected)
+    # each [B, T] term enters as its mean, and a term without a scale is an error rather than silently dropped
+    assert D.total_loss({"rep": torch.tensor([[0.0, 2.0], [4.0, 6.0]])}, scales).item() == pytest.approx(0.3)
+    with pytest.raises(KeyError):
+        D.total_loss({"unscaled": torch.ones(2, 3)}, scales)
