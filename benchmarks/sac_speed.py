@@ -136,9 +136,8 @@ def make_steprl_update(sac, compiled: bool):
     qf, qf_target = sac.TwinQ(OBS, ACT), sac.TwinQ(OBS, ACT)
     qf_target.load_state_dict(qf.state_dict())
     q_opt = torch.optim.Adam(qf.parameters(), lr=1e-3, fused=True)
-    a_opt = torch.optim.Adam(actor.parameters(), lr=3e-4, fused=True)
     log_alpha = torch.tensor(0.0, requires_grad=True)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=1e-3, fused=True)
+    a_opt = torch.optim.Adam([{"params": actor.parameters()}, {"params": [log_alpha], "lr": 1e-3}], lr=3e-4, fused=True)
     critic_loss = torch.compile(sac.critic_loss) if compiled else sac.critic_loss
     actor_alpha_loss = torch.compile(sac.actor_alpha_loss) if compiled else sac.actor_alpha_loss
     qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
@@ -154,10 +153,8 @@ def make_steprl_update(sac, compiled: bool):
             for _ in range(2):
                 actor_loss, alpha_loss = actor_alpha_loss(actor, qf, data[0], log_alpha, state["alpha"], -float(ACT))
                 a_opt.zero_grad(set_to_none=False)
-                alpha_opt.zero_grad(set_to_none=False)
                 (actor_loss + alpha_loss).backward()
                 a_opt.step()
-                alpha_opt.step()
                 state["alpha"] = log_alpha.exp().detach()
         with torch.no_grad():
             torch._foreach_lerp_(qf_target_params, qf_params, 0.005)
