@@ -1,7 +1,7 @@
 # SAC for continuous actions, with exact step accounting and torchrun scaling.
 # Paper: Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications" (arXiv:1812.05905).
 # Follows CleanRL's sac_continuous_action.py (defaults, networks, delayed policy updates, entropy tuning);
-# docs: algos/sac_continuous.md. Step vocabulary and ledger: DESIGN.md.
+# docs: algos/sac_continuous.md, including the step vocabulary and the ledger ("How steps are counted").
 import json
 import math
 import os
@@ -28,10 +28,12 @@ from steprl.utils import (
     broadcast,
     check_env_id,
     check_resume_args,
+    check_run_dir,
     check_tracking,
     close_tracking,
     config_dict,
     fail,
+    interrupt_cleanly,
     list_checkpoints,
     load_checkpoint,
     resolve_run_name,
@@ -187,7 +189,7 @@ def finished_episodes(infos: dict, done: np.ndarray) -> list[tuple[float, int]]:
 
 def make_env(env_id: str, action_repeat: int, max_episode_steps: int | None, render_mode: str | None = None):
     def thunk():
-        env = gym.make(env_id, render_mode=render_mode)
+        env = gym.make(env_id, **({"render_mode": render_mode} if render_mode else {}))  # custom envs may lack the kwarg
         if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
             env = gym.wrappers.FlattenObservation(env)
         return wrap_steps(env, action_repeat, max_episode_steps)
@@ -229,7 +231,7 @@ class Ratio:
 def step_plan(
     total_steps: int, num_envs: int, world_size: int, learning_starts: int, replay_ratio, pretrain: int, action_repeat: int
 ) -> dict:
-    """Every count of the run, known before it starts (DESIGN.md, step vocabulary)."""
+    """Every count of the run, known before it starts (vocabulary: each script's page, "How steps are counted")."""
     P = world_size * num_envs
     N = total_steps // P
     R = min(N, -(-learning_starts // P))
@@ -443,13 +445,7 @@ def validate(args: Args) -> None:
         )
     if args.resume != "no" and args.run_name is None and "TORCHELASTIC_RUN_ID" not in os.environ:
         fail("--resume", f"`--resume {args.resume}` needs `--run-name NAME` to know which run to continue")
-    run_dir = os.path.join("runs", args.run_name or "")
-    if (
-        args.run_name
-        and args.resume == "no"
-        and any(os.path.exists(os.path.join(run_dir, f)) for f in ("steps.json", "checkpoints"))
-    ):
-        fail("--run-name", f"{run_dir} already holds a run; continue it with `--resume yes` or choose another name")
+    check_run_dir(args.run_name, args.resume)
     if args.capture_video:
         if args.eval_episodes == 0:
             fail("--capture-video", "records the evaluation episodes; give `--eval-episodes 1` or more")
@@ -500,6 +496,7 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))  # derived, not a flag
     validate(args)
+    interrupt_cleanly()
 
     # TRY NOT TO MODIFY: processes, run directory, plan, tracking, seeding
     rank, local_rank, world_size, device = setup_distributed(args.cuda, args.torch_threads)
@@ -521,9 +518,7 @@ if __name__ == "__main__":
         found = list_checkpoints(ckpt_dir)
         if found:
             checkpoint_path = found[-1]
-            checkpoint = load_checkpoint(checkpoint_path, rank)
-            if checkpoint[0]["world_size"] != world_size:
-                fail("--resume", f"{checkpoint_path} was written by {checkpoint[0]['world_size']} processes; use as many")
+            checkpoint = load_checkpoint(checkpoint_path, rank, world_size)
             check_resume_args(checkpoint[0]["args"], args, RESUME_FLAGS)
             if checkpoint[0]["iteration"] > N:
                 fail("--total-steps", f"{checkpoint_path} is past {plan['policy_steps']} policy steps; give a larger budget")

@@ -171,6 +171,8 @@ def test_track_offline_writes_a_wandb_run(workdir):
            env=env))  # fmt: skip
     wandb_dir = workdir / "runs" / "w" / "wandb"
     assert any(p.name.startswith("offline-run-") for p in wandb_dir.iterdir())
+    # W&B mirrors the scalars without copying the event file into its folder (copies were re-mirrored, duplicating points)
+    assert len(list((workdir / "runs" / "w").rglob("events.out.tfevents*"))) == 1
 
 
 def test_custom_env_module_syntax_eval_and_video(workdir):
@@ -291,3 +293,43 @@ def test_pretrain_ledger_with_more_gradient_steps_than_one_sampling_chunk(workdi
     check_ledger_equals_plan(led)
     losses = scalars(next((workdir / "runs").iterdir()))
     assert all(v == v for _, v in losses["losses/qf_loss"])  # finite (not NaN) after the 150-step pretrain
+
+
+def test_custom_env_module_from_the_working_directory_without_render_mode(workdir):
+    # a plain gymnasium env in the directory the user runs from (not on PYTHONPATH), whose __init__ takes no render_mode
+    (workdir / "mycwdenv.py").write_text(
+        "import gymnasium as gym\nimport numpy as np\n\n\nclass Plain(gym.Env):\n"
+        "    def __init__(self):\n"
+        "        self.observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)\n"
+        "        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)\n\n"
+        "    def reset(self, *, seed=None, options=None):\n"
+        "        super().reset(seed=seed)\n        self.t = 0\n        return np.zeros(3, np.float32), {}\n\n"
+        "    def step(self, action):\n"
+        "        self.t += 1\n        return np.zeros(3, np.float32), 1.0, False, self.t >= 20, {}\n\n\n"
+        "gym.register('Plain-v0', entry_point=Plain)\n"
+    )
+    ok(run("sac.py", FAST + ["--env-id", "mycwdenv:Plain-v0", "--total-steps", "100", "--learning-starts", "50",
+                             "--eval-episodes", "1"], workdir))  # fmt: skip
+    led = ledger(workdir)
+    check_ledger_equals_plan(led)
+    assert led["actual"]["episodes"] == 5 and led["eval"]["mean_return"] == 20.0
+
+
+def test_run_directory_is_never_reused_or_escaped(workdir):
+    escaped = run("sac.py", FAST + ["--total-steps", "100", "--run-name", "../out"], workdir, timeout=60)
+    assert escaped.returncode == 2 and "--run-name: '../out' must be a plain name" in escaped.stderr
+    args = FAST + ["--total-steps", "100", "--learning-starts", "50", "--run-name", "done"]
+    ok(run("sac.py", args, workdir))  # a finished run without checkpoints
+    before = (workdir / "runs" / "done" / "steps.json").read_text()
+    auto = run("sac.py", args + ["--resume", "auto"], workdir, timeout=60)
+    assert auto.returncode == 2 and "holds a run without a checkpoint to continue" in auto.stderr
+    assert (workdir / "runs" / "done" / "steps.json").read_text() == before
+
+
+def test_resume_with_another_process_count_exits_2_on_every_rank(workdir):
+    args = FAST + ["--total-steps", "100", "--learning-starts", "50", "--checkpoint-every", "100", "--run-name", "one"]
+    ok(run("sac.py", args, workdir))
+    proc = run("sac.py", args + ["--total-steps", "200", "--resume", "yes"], workdir, nproc=2, timeout=120)
+    assert proc.returncode != 0
+    assert "error: --resume: runs/one/checkpoints/step_000000000100 was written by 1 process(es)" in proc.stderr
+    assert "FileNotFoundError" not in proc.stderr and "rank1.pt" not in proc.stderr

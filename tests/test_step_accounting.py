@@ -1,4 +1,5 @@
-"""The step plan and the replay-ratio loop against DESIGN.md's worked cases, and exact-arithmetic edge cases."""
+"""The step plan and the replay-ratio loop against the design contract's worked cases (on algos/sac_continuous.md), and
+exact-arithmetic edge cases."""
 
 from fractions import Fraction
 

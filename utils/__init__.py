@@ -77,11 +77,13 @@ def check_env_id(env_id: str) -> tuple:
 
     name = env_id
     if ":" in env_id:
+        if os.getcwd() not in sys.path:  # `python path/to/script.py` puts the script's folder first, not the cwd
+            sys.path.append(os.getcwd())
         module, name = env_id.split(":", 1)
         try:
             importlib.import_module(module)
-        except ImportError as e:
-            fail("--env-id", f"cannot import module {module!r} to register {name!r} ({e}); is it on PYTHONPATH?")
+        except Exception as e:  # not found, or broken (a SyntaxError in the user's module is an error of theirs too)
+            fail("--env-id", f"cannot import module {module!r} to register {name!r} ({type(e).__name__}: {e})")
     if name not in gym.registry:
         close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.6)
         hint = f"closest registered ids: {', '.join(close)}" if close else "see gymnasium.pprint_registry()"
@@ -218,7 +220,9 @@ def setup_tracking(args, run_name: str, run_dir: str):
     if args.track:
         import wandb
 
-        wandb.tensorboard.patch(root_logdir=run_dir)  # mirrors TensorBoard; avoids sync_tensorboard's stall at finish()
+        # mirror the scalars only (save=False: copying event files into W&B's folder, inside run_dir, re-mirrors them);
+        # patch() instead of sync_tensorboard=True avoids a ~10 s stall at finish()
+        wandb.tensorboard.patch(root_logdir=run_dir, save=False)
         wandb.init(
             project=args.wandb_project_name,
             entity=args.wandb_entity,
@@ -255,6 +259,33 @@ def check_tracking(track: bool) -> None:
             raise RuntimeError
     except Exception:
         fail("--track", "no W&B login found: run `wandb login`, or set WANDB_MODE=offline and `wandb sync` later")
+
+
+def check_run_dir(run_name: str | None, resume: str) -> None:
+    """Exit 2 when `--run-name` would escape runs/, or reuse a directory that holds a run it cannot continue."""
+    if run_name is None:
+        return
+    if os.path.isabs(run_name) or ".." in run_name.split("/") or not run_name.strip("./"):
+        fail("--run-name", f"{run_name!r} must be a plain name (it becomes runs/<name>/); no '..' or absolute paths")
+    run_dir = os.path.join("runs", run_name)
+    held = os.path.isdir(run_dir) and any(f.startswith("events.out") or f == "steps.json" for f in os.listdir(run_dir))
+    if resume == "no" and (held or list_checkpoints(os.path.join(run_dir, "checkpoints"))):
+        fail("--run-name", f"{run_dir} already holds a run; continue it with `--resume yes` or choose another name")
+    if resume == "auto" and held and not list_checkpoints(os.path.join(run_dir, "checkpoints")):
+        fail("--resume", f"{run_dir} holds a run without a checkpoint to continue; choose another --run-name")
+
+
+def interrupt_cleanly() -> None:
+    """Ctrl-C: one line and exit 130 instead of a KeyboardInterrupt traceback (checkpoints already written stay)."""
+    import signal
+
+    def handler(signum, frame):
+        if is_main_process():
+            print("\ninterrupted; continue from the newest checkpoint (if any) with the same flags and `--resume yes`",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, handler)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -295,9 +326,11 @@ def list_checkpoints(root: str) -> list[str]:
     return [os.path.join(root, d) for d in names if os.path.exists(os.path.join(root, d, "shared.pt"))]
 
 
-def load_checkpoint(path: str, rank: int) -> tuple[dict, dict]:
+def load_checkpoint(path: str, rank: int, world_size: int) -> tuple[dict, dict]:
     """(shared, this rank's) state, on the CPU: `load_state_dict` moves tensors to the model's device."""
     shared = torch.load(os.path.join(path, "shared.pt"), map_location="cpu", weights_only=True)
+    if shared["world_size"] != world_size:  # before any rank looks for a rank file that may not exist
+        fail("--resume", f"{path} was written by {shared['world_size']} process(es); resume with as many")
     return shared, torch.load(os.path.join(path, f"rank{rank}.pt"), map_location="cpu", weights_only=True)
 
 
