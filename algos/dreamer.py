@@ -29,6 +29,7 @@ from steprl.utils import (
     all_sum,
     broadcast,
     check_env_id,
+    check_replay_fits,
     check_resume_args,
     check_run_dir,
     check_tracking,
@@ -948,14 +949,7 @@ def validate(args: Args) -> None:
     act_dim = act_space.n if isinstance(act_space, gym.spaces.Discrete) else act_space.shape[0]
     stored = SequenceReplay.fields(env.observation_space, act_dim)
     env.close()
-    step_bytes = sum(math.prod(shape) * dtype.itemsize for _, (shape, dtype) in stored)
-    ram, local_ranks = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if args.per_rank_buffer_size * step_bytes * local_ranks > 0.8 * ram:  # now, not as an out-of-memory kill hours later
-        fail(
-            "--per-rank-buffer-size",
-            f"a full replay takes {args.per_rank_buffer_size * step_bytes / 2**30:.1f} GiB per process ({local_ranks} "
-            f"on this machine with {ram / 2**30:.0f} GiB of RAM); use at most {int(0.8 * ram / local_ranks / step_bytes)}",
-        )
+    check_replay_fits(args.per_rank_buffer_size, sum(math.prod(shape) * dtype.itemsize for _, (shape, dtype) in stored))
 
 
 if __name__ == "__main__":
@@ -1380,8 +1374,7 @@ if __name__ == "__main__":
         errors = ledger_errors(plan, actual)
         if actual["stored_steps"] != actual["policy_steps"] + actual["episode_starts"]:
             errors.append(f"stored_steps: counted {actual['stored_steps']} != policy steps + episode starts")
-        if errors:
-            errors.insert(0, "LEDGER MISMATCH (a bug in the step accounting):")
+        eval_error = None
         with open(os.path.join(run_dir, "steps.json"), "w") as f:  # written before evaluation, which may fail
             json.dump(ledger, f, indent=2)
 
@@ -1415,9 +1408,11 @@ if __name__ == "__main__":
                 with open(os.path.join(run_dir, "steps.json"), "w") as f:
                     json.dump(ledger, f, indent=2)
             except Exception as e:  # training and its ledger are saved; report, exit 1, and let the other ranks finish
-                errors.append(f"evaluation failed ({type(e).__name__}: {e}); the training ledger is in steps.json")
+                eval_error = f"evaluation failed ({type(e).__name__}: {e}); the training ledger is in steps.json"
         print(json.dumps(ledger, indent=2), flush=True)
         close_tracking(writer, args.track)
         if errors:
-            print("\n  ".join(errors), flush=True)
-    teardown(broadcast(1 if rank == 0 and errors else 0, world_size))
+            print("LEDGER MISMATCH (a bug in the step accounting):\n  " + "\n  ".join(errors), flush=True)
+        if eval_error:
+            print(f"error: {eval_error}", flush=True)
+    teardown(broadcast(1 if rank == 0 and (errors or eval_error) else 0, world_size))

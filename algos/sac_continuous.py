@@ -27,6 +27,7 @@ from steprl.utils import (
     all_sum,
     broadcast,
     check_env_id,
+    check_replay_fits,
     check_resume_args,
     check_run_dir,
     check_tracking,
@@ -457,16 +458,6 @@ def validate(args: Args) -> None:
     if args.capture_video:
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering; must be set before mujoco is imported
     obs_space, space = check_env_id(args.env_id)
-    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:  # obs, next_obs, action, reward, termination
-        step_bytes = 4 * (2 * gym.spaces.flatdim(obs_space) + space.shape[0] + 2)
-        ram, local_ranks = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        if args.per_rank_buffer_size * step_bytes * local_ranks > 0.8 * ram:  # now, not as an out-of-memory kill later
-            fail(
-                "--per-rank-buffer-size",
-                f"the replay buffer takes {args.per_rank_buffer_size * step_bytes / 2**30:.1f} GiB per process "
-                f"({local_ranks} on this machine with {ram / 2**30:.0f} GiB of RAM); use at most "
-                f"{int(0.8 * ram / local_ranks / step_bytes)}",
-            )
     if not isinstance(space, gym.spaces.Box):
         fail(
             "--env-id",
@@ -482,6 +473,7 @@ def validate(args: Args) -> None:
             f"SAC squashes actions with tanh and needs finite action bounds; {args.env_id} has {space}. "
             "Wrap the env with gymnasium.wrappers.ClipAction or RescaleAction",
         )
+    check_replay_fits(args.per_rank_buffer_size, 4 * (2 * gym.spaces.flatdim(obs_space) + space.shape[0] + 2))  # float32
     if args.capture_video:  # render one frame now rather than fail after training
         try:
             env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, "rgb_array")()
@@ -688,12 +680,10 @@ if __name__ == "__main__":
         # ALGO LOGIC: training, `ratio()` gradient steps per training iteration
         if iteration > R:
             todo = ratio()
-            for j in range(todo):
-                if j % 64 == 0:  # sample 64 minibatches at a time: a large pretrain count never fills memory at once
-                    batches = rb.sample(min(64, todo - j), args.per_rank_batch_size)
-                g = ratio.gradient_steps - todo + j + 1  # this rank's gradient step number, 1-based
-                data = batches[j % 64]
-                metrics = metrics | update(data, g % args.policy_frequency == 0, g % args.target_network_frequency == 0)
+            for first in range(0, todo, 64):  # 64 minibatches at a time: a large pretrain count never fills memory
+                for j, data in enumerate(rb.sample(min(64, todo - first), args.per_rank_batch_size), first):
+                    g = ratio.gradient_steps - todo + j + 1  # this rank's gradient step number, 1-based
+                    metrics = metrics | update(data, g % args.policy_frequency == 0, g % args.target_network_frequency == 0)
         progress.update(P)
 
         # TRY NOT TO MODIFY: log at every multiple of --log-every global policy steps (all ranks take part)
@@ -751,8 +741,7 @@ if __name__ == "__main__":
         }
         ledger = {"plan": plan, "actual": actual, "replay_ratio": str(args.replay_ratio), "action_repeat": args.action_repeat}
         errors = ledger_errors(plan, actual)
-        if errors:
-            errors.insert(0, "LEDGER MISMATCH (a bug in the step accounting):")
+        eval_error = None
         with open(os.path.join(run_dir, "steps.json"), "w") as f:  # written before evaluation, which may fail
             json.dump(ledger, f, indent=2)
 
@@ -788,9 +777,11 @@ if __name__ == "__main__":
                 with open(os.path.join(run_dir, "steps.json"), "w") as f:
                     json.dump(ledger, f, indent=2)
             except Exception as e:  # training and its ledger are saved; report, exit 1, and let the other ranks finish
-                errors.append(f"evaluation failed ({type(e).__name__}: {e}); the training ledger is in steps.json")
+                eval_error = f"evaluation failed ({type(e).__name__}: {e}); the training ledger is in steps.json"
         print(json.dumps(ledger, indent=2), flush=True)
         close_tracking(writer, args.track)
         if errors:
-            print("\n  ".join(errors), flush=True)
-    teardown(broadcast(1 if rank == 0 and errors else 0, world_size))
+            print("LEDGER MISMATCH (a bug in the step accounting):\n  " + "\n  ".join(errors), flush=True)
+        if eval_error:
+            print(f"error: {eval_error}", flush=True)
+    teardown(broadcast(1 if rank == 0 and (errors or eval_error) else 0, world_size))

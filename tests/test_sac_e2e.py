@@ -207,7 +207,7 @@ BAD = [
         ["--env-id", "steprl_testenvs:MissingExtra-v0"],
         "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled",
     ),  # fmt: skip
-    (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: the replay buffer takes"),
+    (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: a full replay takes"),
     (["--per-rank-buffer-size", "3", "--num-envs", "4"], "--per-rank-buffer-size: got 3; it must be at least 4"),
     (["--seed", "-1"], "--seed: got -1"),
     (

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -125,8 +126,7 @@ def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.de
 def teardown(code: int = 0) -> None:
     """Flush, leave the process group on every rank, and exit without running interpreter finalisers (which can
     abort a finished torchrun worker with 'terminate called without an active exception')."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    sys.stdout.flush(), sys.stderr.flush()
     if dist.is_available() and dist.is_initialized():
         if code == 0:
             dist.barrier()
@@ -189,15 +189,9 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
     if run_name is None and is_main_process():
         elastic_id = os.environ.get("TORCHELASTIC_RUN_ID")
         if elastic_id is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-            candidates = sorted(
-                (d for d in os.listdir(runs_root) if d.startswith(prefix + "__")) if os.path.isdir(runs_root) else [],
-                key=lambda d: os.path.getmtime(os.path.join(runs_root, d)),
-            )
-            for d in reversed(candidates):
-                marker = os.path.join(runs_root, d, "torchelastic_run_id")
-                if os.path.exists(marker) and open(marker).read() == elastic_id:
-                    run_name = d
-                    break
+            marker = lambda d: os.path.join(runs_root, d, "torchelastic_run_id")  # noqa: E731
+            dirs = [d for d in os.listdir(runs_root) if d.startswith(prefix + "__")] if os.path.isdir(runs_root) else []
+            run_name = next((d for d in dirs if os.path.exists(marker(d)) and open(marker(d)).read() == elastic_id), None)
         if run_name is None:
             run_name = f"{prefix}__{int(time.time())}"
             if elastic_id is not None:
@@ -269,20 +263,28 @@ def check_run_dir(run_name: str | None, resume: str) -> None:
         fail("--run-name", f"{run_name!r} must be a plain name (it becomes runs/<name>/); no '..' or absolute paths")
     run_dir = os.path.join("runs", run_name)
     held = os.path.isdir(run_dir) and any(f.startswith("events.out") or f == "steps.json" for f in os.listdir(run_dir))
-    if resume == "no" and (held or list_checkpoints(os.path.join(run_dir, "checkpoints"))):
+    checkpointed = bool(list_checkpoints(os.path.join(run_dir, "checkpoints")))
+    if resume == "no" and (held or checkpointed):
         fail("--run-name", f"{run_dir} already holds a run; continue it with `--resume yes` or choose another name")
-    if resume == "auto" and held and not list_checkpoints(os.path.join(run_dir, "checkpoints")):
+    if resume == "auto" and held and not checkpointed:
         fail("--resume", f"{run_dir} holds a run without a checkpoint to continue; choose another --run-name")
+
+
+def check_replay_fits(capacity: int, step_bytes: int) -> None:
+    """Exit 2 when full replays of `capacity` steps per rank would not fit in this machine's RAM (now, not as an
+    out-of-memory kill hours into the run)."""
+    ram, local = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    gib, fits = capacity * step_bytes / 2**30, int(0.8 * ram / local / step_bytes)
+    if capacity * step_bytes * local > 0.8 * ram:
+        fail("--per-rank-buffer-size", f"a full replay takes {gib:.1f} GiB per process ({local} on this machine with "
+             f"{ram / 2**30:.0f} GiB of RAM); use at most {fits}")  # fmt: skip
 
 
 def interrupt_cleanly() -> None:
     """Ctrl-C: one line and exit 130 instead of a KeyboardInterrupt traceback (checkpoints already written stay)."""
-    import signal
 
     def handler(signum, frame):
-        if is_main_process():
-            print("\ninterrupted; continue from the newest checkpoint (if any) with the same flags and `--resume yes`",
-                  file=sys.stderr, flush=True)  # fmt: skip
+        warn("interrupted; continue from the newest checkpoint (if any) with the same flags and `--resume yes`")
         os._exit(130)
 
     signal.signal(signal.SIGINT, handler)
