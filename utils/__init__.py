@@ -1,6 +1,7 @@
 """steprl.utils: plumbing the scripts share (CLI types, bad input, processes, runs, tracking, checkpoints); no
 algorithm. Installed as `steprl.utils` (from ./utils) so it never collides with another project's `utils`."""
 
+import ctypes
 import difflib
 import hashlib
 import importlib
@@ -99,8 +100,21 @@ def check_env_id(env_id: str) -> tuple:
 
 
 # ---------------------------------------------------------------- processes (torchrun)
+def keep_freed_memory() -> None:
+    """Keep freed blocks in the heap for reuse (glibc; elsewhere a no-op). By default glibc maps each block over 128 KB
+    afresh and returns it at free, so every such tensor of a small-MLP update pays page faults again: about 250 per
+    SAC gradient step, 1.1-1.3x of its time on these VMs (benchmarks/results/speed/NOTES.md). RSS keeps its peak."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks under 32 MB come from the heap (the buffers stay mapped)
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: hand heap memory back to the OS only past 1 GiB free
+    except (OSError, AttributeError):  # no C library to load, or one without mallopt (macOS, musl)
+        pass
+
+
 def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.device]:
     """Read torchrun's RANK/LOCAL_RANK/WORLD_SIZE; start the process group only when WORLD_SIZE > 1."""
+    keep_freed_memory()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if cuda and torch.cuda.is_available():
