@@ -130,8 +130,9 @@ def make_cleanrl_update():
     return update, actor
 
 
-def make_steprl_update(sac, compiled: bool):
+def make_steprl_update(sac, compiled: bool, bf16: bool = False):
     """The script's update, step for step (see `update()` in algos/sac_continuous.py)."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
     actor = sac.Actor(OBS, ACT, -np.ones(ACT), np.ones(ACT))
     qf, qf_target = sac.TwinQ(OBS, ACT), sac.TwinQ(OBS, ACT)
     qf_target.load_state_dict(qf.state_dict())
@@ -145,13 +146,13 @@ def make_steprl_update(sac, compiled: bool):
 
     def update(step, data):
         data = (data[0], data[1], data[2], data[3].view(-1), data[4].view(-1))
-        qf_loss, metrics = critic_loss(actor, qf, qf_target, data, state["alpha"], 0.99)
+        qf_loss, metrics = critic_loss(actor, qf, qf_target, data, state["alpha"], 0.99, dtype)
         q_opt.zero_grad(set_to_none=False)
         qf_loss.backward()
         q_opt.step()
         if step % 2 == 0:
             for _ in range(2):
-                actor_loss, alpha_loss = actor_alpha_loss(actor, qf, data[0], log_alpha, state["alpha"], -float(ACT))
+                actor_loss, alpha_loss = actor_alpha_loss(actor, qf, data[0], log_alpha, state["alpha"], -float(ACT), dtype)
                 a_opt.zero_grad(set_to_none=False)
                 (actor_loss + alpha_loss).backward()
                 a_opt.step()

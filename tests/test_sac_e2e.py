@@ -87,13 +87,15 @@ def test_torchrun_worked_case_4_one_warning(workdir):
 def test_same_seed_same_losses_and_other_seed_differs(workdir):
     args = FAST + ["--total-steps", "400", "--learning-starts", "100", "--log-every", "50"]
     losses = []
-    for seed, name in [(3, "a"), (3, "b"), (4, "c")]:
-        ok(run("sac.py", args + ["--seed", str(seed), "--run-name", name], workdir))
+    for seed, name, extra in [(3, "a", []), (3, "b", []), (4, "c", []), (3, "d", ["--bf16"]), (3, "e", ["--bf16"])]:
+        ok(run("sac.py", args + ["--seed", str(seed), "--run-name", name] + extra, workdir))
         losses.append(scalars(workdir / "runs" / name))
     assert set(losses[0]) >= {"losses/qf1_loss", "losses/qf2_loss", "losses/actor_loss", "losses/alpha_loss", "losses/alpha"}
     assert len(losses[0]["losses/qf1_loss"]) == 6
     assert losses[0] == losses[1]
     assert losses[0]["losses/qf1_loss"] != losses[2]["losses/qf1_loss"]
+    assert losses[3] == losses[4]  # --bf16 is deterministic too
+    assert losses[3]["losses/qf1_loss"] != losses[0]["losses/qf1_loss"]  # and really changes the update's arithmetic
 
 
 def counters(led: dict) -> dict:
