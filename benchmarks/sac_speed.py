@@ -1,16 +1,21 @@
 """SAC speed on CPU: steprl's gradient step and training loop against a CleanRL-equivalent one, and the compute floor.
 
-    python benchmarks/sac_speed.py                       # about 10 minutes on 2 cores
-    python benchmarks/sac_speed.py --compile             # also the --compile variant (about a minute more per thread count)
+    python benchmarks/sac_speed.py                       # about 15 minutes on 2 cores
+    python benchmarks/sac_speed.py --compile             # also the --compile variant (a few minutes more)
 
 Writes `benchmarks/results/speed/sac_speed.{md,json}`. Three measurements, all at SAC's defaults on HalfCheetah-v5
 (obs 17, act 6, batch 256, 256-unit MLPs, one gradient step per policy step):
 1. Gradient step (micro): the CleanRL-equivalent update (two nn.Linear critics, torch.distributions, a second actor pass
    for alpha, `.item()` per step, default Adam) against steprl's (the script's `critic_loss` / `actor_alpha_loss`, fused
-   Adam, the script's update order), interleaved so that load on a shared machine hits both alike.
+   Adam, the script's update order; float32, and --bf16), interleaved so that load on a shared machine hits all alike.
+   This process keeps freed memory in the heap as the scripts do (`keep_freed_memory`), CleanRL's update included:
+   the micro benchmark compares the update code alone.
 2. Compute floor: CleanRL's FLOPs per gradient step divided by the matmul rate measured at exactly its GEMM shapes.
-3. Training loop (end to end): `algos/sac.py` as a subprocess after its random pre-fill, and the CleanRL-equivalent loop
-   (numpy replay buffer, one env, the update of 1.) in this process; policy steps per second.
+3. Training loop (end to end), policy steps per second after the random pre-fill, every variant in its own process:
+   `algos/sac.py` (float32, --bf16), the CleanRL-equivalent loop (numpy replay buffer, one env, the update of 1.) as
+   CleanRL's script runs it (glibc's default allocator behaviour), and the same loop with steprl's allocator setting
+   (`cleanrl_keep_memory`, to show that setting's share). The variants alternate, `--loop-repeats` times; each one's
+   ratio to CleanRL is taken against the CleanRL run of the same repeat, and the median is reported.
 The CleanRL-equivalent code here is our own restatement of CleanRL's `sac_continuous_action.py` update for timing only.
 """
 
@@ -23,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -46,6 +52,8 @@ class Args:
     """interleaved repetitions per variant (the median is reported)"""
     loop_steps: int = 1500
     """training policy steps per end-to-end measurement (after a 5000-step random pre-fill, as the defaults)"""
+    loop_repeats: int = 3
+    """alternating repetitions of the end-to-end measurements (the median is reported)"""
     compile: bool = False
     """also measure `--compile` (torch.compile of the loss functions)"""
     out: str = str(ROOT / "benchmarks" / "results" / "speed")
@@ -256,13 +264,21 @@ def cleanrl_loop_sps(loop_steps: int) -> float:
     return loop_steps / (time.perf_counter() - start)
 
 
-def steprl_loop_sps(loop_steps: int, threads: int, compiled: bool) -> float:
+def cleanrl_loop_sps_subprocess(loop_steps: int, threads: int, keep_memory: bool) -> float:
+    """`cleanrl_loop_sps` in a fresh process, with glibc's default allocator behaviour unless `keep_memory`."""
+    code = (f"import sys, torch; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import sac_speed; "
+            f"torch.set_num_threads({threads}); "
+            + ("from steprl.utils import keep_freed_memory; keep_freed_memory(); " if keep_memory else "")
+            + f"print(sac_speed.cleanrl_loop_sps({loop_steps}))")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(proc.stdout.split()[-1])
+
+
+def steprl_loop_sps(loop_steps: int, threads: int, flags: list[str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(ROOT / "algos" / "sac.py"), "--total-steps", str(5000 + loop_steps), "--eval-episodes", "0",
                "--torch-threads", str(threads), "--log-every", str(5000 + loop_steps), "--run-name", "speed",
-               "--no-cuda"]  # fmt: skip
-        if compiled:
-            cmd.append("--compile")
+               "--no-cuda"] + flags  # fmt: skip
         env = dict(os.environ, WANDB_MODE="disabled")
         subprocess.run(cmd, cwd=tmp, env=env, check=True, capture_output=True)
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -284,23 +300,29 @@ def write_report(results: dict, args: Args) -> None:
              f"Hardware: {results['hardware']}.", "",
              f"Command: `python benchmarks/sac_speed.py {' '.join(sys.argv[1:])}`", "",
              "| threads | variant | ms / gradient step | CPU ms / gradient step | x floor | policy steps/s | vs CleanRL "
-             "| first 20 gradient steps (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "(min-max) | first 20 gradient steps (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for threads, r in results["by_threads"].items():
         floor = r["floor"]["floor_ms"]
-        for name, u in r["update"].items():
-            sps = r["loop_sps"][name]
-            lines.append(f"| {threads} | {name} | {u['ms_per_step']:.2f} | {u['cpu_ms_per_step']:.2f} | "
-                         f"{u['ms_per_step'] / floor:.2f} | {sps:.1f} | {sps / r['loop_sps']['cleanrl']:.2f}x | "
-                         f"{u.get('first_20_steps_s', float('nan')):.2f} |")  # fmt: skip
+        for name, loop in r["loop"].items():
+            u = r["update"].get(name)  # none for cleanrl_keep_memory: its update is cleanrl's
+            update = (f"{u['ms_per_step']:.2f} | {u['cpu_ms_per_step']:.2f} | {u['ms_per_step'] / floor:.2f}"
+                      if u else "(as cleanrl) | | ")  # fmt: skip
+            lines.append(f"| {threads} | {name} | {update} | {loop['sps_median']:.1f} | {loop['vs_cleanrl_median']:.2f}x "
+                         f"({min(loop['vs_cleanrl']):.2f}-{max(loop['vs_cleanrl']):.2f}) | "
+                         f"{u['first_20_steps_s']:.2f} |" if u else " |")  # fmt: skip
     lines += ["", "| threads | CleanRL GFLOP / step | GEMM GFLOP/s at its shapes | floor ms / step | GEMM GFLOP/s 256x256 |",
               "|---|---|---|---|---|"]  # fmt: skip
     for threads, r in results["by_threads"].items():
         f = r["floor"]
         lines.append(f"| {threads} | {f['cleanrl_gflop_per_step']:.3f} | {f['gemm_gflops_at_these_shapes']:.1f} | "
                      f"{f['floor_ms']:.2f} | {f['gemm_gflops_256_square']:.1f} |")  # fmt: skip
-    lines += ["", "ms / gradient step: median over the interleaved repetitions of the micro benchmark (same batch, no env). "
-              "x floor: that time divided by the floor at the same thread count. Policy steps/s: the training loop after the "
-              "5,000-step random pre-fill. First 20 gradient steps: the warm-up, which for `steprl_compile` includes "
+    lines += ["", "ms / gradient step: median over the interleaved repetitions of the micro benchmark (same batch, no env; "
+              "this process keeps freed memory in the heap, for CleanRL's update too). x floor: that time divided by the "
+              "floor at the same thread count. Policy steps/s: the training loop after the 5,000-step random pre-fill, "
+              "median over the alternating repeats, each variant in its own process; vs CleanRL: median (min-max) of the "
+              "ratios to the CleanRL loop of the same repeat. cleanrl: the CleanRL-equivalent loop with glibc's default "
+              "allocator behaviour, as CleanRL's script runs; cleanrl_keep_memory: the same loop with steprl's "
+              "`keep_freed_memory`. First 20 gradient steps: the warm-up, which for `steprl_compile` includes "
               "torch.compile's start-up. Floor: CleanRL's matmul FLOPs per gradient step at the matmul rate measured at "
               "exactly its shapes (the 256x256 rate is shown for reference)."]  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
@@ -311,23 +333,35 @@ def write_report(results: dict, args: Args) -> None:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    from steprl.utils import keep_freed_memory
+
+    keep_freed_memory()  # as the scripts do (setup_distributed), for every update of the micro benchmark
     sac = load_sac()
     results = {"hardware": hardware(), "args": vars(args) | {"threads": list(args.threads)}, "by_threads": {}}
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"[{threads} thread(s)] compute floor and gradient steps...", flush=True)
         torch.manual_seed(0)
-        variants = {"cleanrl": make_cleanrl_update(), "steprl": make_steprl_update(sac, False)}
+        variants = {"cleanrl": make_cleanrl_update(), "steprl": make_steprl_update(sac, False),
+                    "steprl_bf16": make_steprl_update(sac, False, bf16=True)}  # fmt: skip
         if args.compile:
             variants["steprl_compile"] = make_steprl_update(sac, True)
         r = {"floor": compute_floor(args.repeats), "update": time_updates(variants, args.grad_steps, args.repeats)}
         print(f"[{threads} thread(s)] training loops...", flush=True)
-        r["loop_sps"] = {
-            "cleanrl": cleanrl_loop_sps(args.loop_steps),
-            "steprl": steprl_loop_sps(args.loop_steps, threads, False),
-        }
+        loops = {"cleanrl": partial(cleanrl_loop_sps_subprocess, args.loop_steps, threads, keep_memory=False),
+                 "cleanrl_keep_memory": partial(cleanrl_loop_sps_subprocess, args.loop_steps, threads, keep_memory=True),
+                 "steprl": partial(steprl_loop_sps, args.loop_steps, threads, []),
+                 "steprl_bf16": partial(steprl_loop_sps, args.loop_steps, threads, ["--bf16"])}  # fmt: skip
         if args.compile:
-            r["loop_sps"]["steprl_compile"] = steprl_loop_sps(args.loop_steps, threads, True)
+            loops["steprl_compile"] = partial(steprl_loop_sps, args.loop_steps, threads, ["--compile"])
+        sps = {name: [] for name in loops}
+        for repeat in range(args.loop_repeats):
+            for name, measure in loops.items():
+                sps[name].append(measure())
+            print(f"  loop repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in sps.items()), flush=True)
+        ratios = {k: [a / b for a, b in zip(v, sps["cleanrl"])] for k, v in sps.items()}
+        r["loop"] = {k: {"sps": v, "sps_median": float(np.median(v)), "vs_cleanrl": ratios[k],
+                         "vs_cleanrl_median": float(np.median(ratios[k]))} for k, v in sps.items()}  # fmt: skip
         results["by_threads"][str(threads)] = r
         print(json.dumps(r, indent=2), flush=True)
         write_report(results, args)  # after every thread count, so a long run keeps what it measured
