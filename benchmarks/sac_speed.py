@@ -298,7 +298,7 @@ def hardware() -> str:
 def write_report(results: dict, args: Args) -> None:
     lines = ["# SAC speed on CPU (HalfCheetah-v5 defaults: batch 256, replay ratio 1, 1 env)", "",
              f"Hardware: {results['hardware']}.", "",
-             f"Command: `python benchmarks/sac_speed.py {' '.join(sys.argv[1:])}`", "",
+             f"Command: `{' '.join(['python benchmarks/sac_speed.py'] + sys.argv[1:])}`", "",
              "| threads | variant | ms / gradient step | CPU ms / gradient step | x floor | policy steps/s | vs CleanRL "
              "(min-max) | first 20 gradient steps (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for threads, r in results["by_threads"].items():
@@ -307,9 +307,9 @@ def write_report(results: dict, args: Args) -> None:
             u = r["update"].get(name)  # none for cleanrl_keep_memory: its update is cleanrl's
             update = (f"{u['ms_per_step']:.2f} | {u['cpu_ms_per_step']:.2f} | {u['ms_per_step'] / floor:.2f}"
                       if u else "(as cleanrl) | | ")  # fmt: skip
+            first = f"{u['first_20_steps_s']:.2f}" if u else ""
             lines.append(f"| {threads} | {name} | {update} | {loop['sps_median']:.1f} | {loop['vs_cleanrl_median']:.2f}x "
-                         f"({min(loop['vs_cleanrl']):.2f}-{max(loop['vs_cleanrl']):.2f}) | "
-                         f"{u['first_20_steps_s']:.2f} |" if u else " |")  # fmt: skip
+                         f"({min(loop['vs_cleanrl']):.2f}-{max(loop['vs_cleanrl']):.2f}) | {first} |")  # fmt: skip
     lines += ["", "| threads | CleanRL GFLOP / step | GEMM GFLOP/s at its shapes | floor ms / step | GEMM GFLOP/s 256x256 |",
               "|---|---|---|---|---|"]  # fmt: skip
     for threads, r in results["by_threads"].items():

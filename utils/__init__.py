@@ -101,9 +101,8 @@ def check_env_id(env_id: str) -> tuple:
 
 # ---------------------------------------------------------------- processes (torchrun)
 def keep_freed_memory() -> None:
-    """Keep freed blocks in the heap for reuse (glibc; elsewhere a no-op). By default glibc maps each block over 128 KB
-    afresh and returns it at free, so every such tensor of a small-MLP update pays page faults again: about 250 per
-    SAC gradient step, 1.1-1.3x of its time on these VMs (benchmarks/results/speed/NOTES.md). RSS keeps its peak."""
+    """Keep freed blocks in glibc's heap (elsewhere a no-op): by default each large temporary of an update is mapped
+    afresh, about 250 page faults per SAC gradient step, 1.06-1.23x slower (benchmarks/results/speed/NOTES.md)."""
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks under 32 MB come from the heap (the buffers stay mapped)
@@ -231,16 +230,9 @@ def setup_tracking(args, run_name: str, run_dir: str):
         # mirror the scalars only (save=False: copying event files into W&B's folder, inside run_dir, re-mirrors them);
         # patch() instead of sync_tensorboard=True avoids a ~10 s stall at finish()
         wandb.tensorboard.patch(root_logdir=run_dir, save=False)
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            config=config,
-            name=run_name,
-            id=hashlib.sha1(run_name.encode()).hexdigest()[:16],  # stable id: a resumed run continues its W&B run
-            resume="allow",
-            dir=run_dir,
-            save_code=True,
-        )
+        run_id = hashlib.sha1(run_name.encode()).hexdigest()[:16]  # stable id: a resumed run continues its W&B run
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=config, name=run_name, id=run_id,
+                   resume="allow", dir=run_dir, save_code=True)  # fmt: skip
     writer = SummaryWriter(run_dir)
     table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
@@ -353,12 +345,9 @@ def load_checkpoint(path: str, rank: int, world_size: int) -> tuple[dict, dict]:
 def rng_state() -> dict:
     """Python, NumPy and torch global RNG states in a form `torch.load(weights_only=True)` accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def set_rng_state(state: dict) -> None:
