@@ -1048,14 +1048,12 @@ if __name__ == "__main__":
     window = [0.0, 0.0, 0.0]  # sum of returns, sum of lengths, episodes since the last log (this rank)
     if checkpoint is not None:
         shared, local = checkpoint
-        for module, key in [
-            (agent, "agent"),
-            (slow_critic, "slow_critic"),
-            (retnorm, "retnorm"),
-            (optimizer, "optimizer"),
-            (ratio, "ratio"),
-        ]:
-            module.load_state_dict(shared[key])
+        modules = {"agent": agent, "slow_critic": slow_critic, "retnorm": retnorm, "optimizer": optimizer, "ratio": ratio}
+        try:
+            for key, module in modules.items():
+                module.load_state_dict(shared[key])
+        except (KeyError, RuntimeError, ValueError) as e:  # e.g. written by an older version of this script
+            fail("--resume", f"the checkpoint's {key!r} does not fit this script ({str(e).splitlines()[0]}); start a new run")
         start_iteration = shared["iteration"]
         local_policy_steps, local_env_steps, local_episodes, local_starts, window = (
             local["policy_steps"],

@@ -580,15 +580,13 @@ if __name__ == "__main__":
     window = [0.0, 0.0, 0.0]  # sum of returns, sum of lengths, episodes since the last log (this rank)
     if checkpoint is not None:
         shared, local = checkpoint
-        for module, key in [
-            (actor, "actor"),
-            (qf, "qf"),
-            (qf_target, "qf_target"),
-            (q_optimizer, "q_optimizer"),
-            (actor_optimizer, "actor_optimizer"),
-            (ratio, "ratio"),
-        ]:
-            module.load_state_dict(shared[key])
+        modules = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
+                   "actor_optimizer": actor_optimizer, "ratio": ratio}  # fmt: skip
+        try:
+            for key, module in modules.items():
+                module.load_state_dict(shared[key])
+        except (KeyError, RuntimeError, ValueError) as e:  # e.g. written by an older version of this script
+            fail("--resume", f"the checkpoint's {key!r} does not fit this script ({str(e).splitlines()[0]}); start a new run")
         with torch.no_grad():
             log_alpha.copy_(shared["log_alpha"])
         start_iteration = shared["iteration"]

@@ -269,6 +269,16 @@ def test_resume_rejects_changed_settings_and_a_passed_budget(workdir):
     passed = run("sac.py", args + ["--total-steps", "100", "--resume", "yes"], workdir, timeout=60)
     assert passed.returncode == 2 and "is past 100 policy steps" in passed.stderr
     assert (workdir / "runs" / "r" / "steps.json").read_text() == before
+    import torch  # a checkpoint of an older script version (separate fc_mean / fc_logstd heads): exit 2, no traceback
+
+    (ckpt,) = (workdir / "runs" / "r" / "checkpoints").iterdir()
+    saved = torch.load(ckpt / "shared.pt", weights_only=True)
+    older = {k.replace("fc_mean_logstd", "fc_mean"): v for k, v in saved["actor"].items()}
+    torch.save(saved | {"actor": older}, ckpt / "shared.pt")
+    stale = run("sac.py", args + ["--total-steps", "400", "--resume", "yes"], workdir, timeout=60)
+    assert stale.returncode == 2 and "Traceback" not in stale.stderr
+    assert "--resume: the checkpoint's 'actor' does not fit this script" in stale.stderr
+    torch.save(saved, ckpt / "shared.pt")
     longer = ok(run("sac.py", args + ["--total-steps", "400", "--resume", "yes"], workdir))  # a larger budget continues
     assert "resumed from" in longer.stdout
     check_ledger_equals_plan(ledger(workdir, "r"))
