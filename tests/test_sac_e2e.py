@@ -266,6 +266,8 @@ def test_resume_rejects_changed_settings_and_a_passed_budget(workdir):
     changed = run("sac.py", args + ["--total-steps", "400", "--resume", "yes", "--num-envs", "2"], workdir, timeout=60)
     assert changed.returncode == 2 and "Traceback" not in changed.stderr
     assert "--num-envs 1 (checkpoint) vs 2 (now)" in changed.stderr
+    precision = run("sac.py", args + ["--total-steps", "400", "--resume", "yes", "--bf16"], workdir, timeout=60)
+    assert precision.returncode == 2 and "--bf16 False (checkpoint) vs True (now)" in precision.stderr
     passed = run("sac.py", args + ["--total-steps", "100", "--resume", "yes"], workdir, timeout=60)
     assert passed.returncode == 2 and "is past 100 policy steps" in passed.stderr
     assert (workdir / "runs" / "r" / "steps.json").read_text() == before

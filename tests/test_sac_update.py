@@ -160,25 +160,43 @@ def losses_and_grads(hidden_dtype: torch.dtype) -> tuple[list[torch.Tensor], lis
 
 
 def test_bf16_hidden_layers_stay_close_to_float32():
-    """--bf16 multiplies the 256x256 layers in bfloat16: losses and gradients move by bf16 rounding only, and
-    everything the optimizer sees stays float32."""
+    """--bf16 multiplies the 256x256 layers of the actor and of both critics in bfloat16: their outputs, the losses
+    and the gradients move by bf16 rounding only."""
+    actor, qf, _, (obs, _, actions, *_rest) = setup()
+    for run in (lambda dtype: actor(obs, dtype)[0], lambda dtype: qf(obs, actions, hidden_dtype=dtype)):
+        out32, out16 = run(torch.float32), run(torch.bfloat16)
+        assert out16.dtype == torch.float32 and not torch.equal(out16, out32)  # the bf16 path ran, output in float32
+        torch.testing.assert_close(out16, out32, rtol=2e-2, atol=2e-3)
     losses32, grads32 = losses_and_grads(torch.float32)
     losses16, grads16 = losses_and_grads(torch.bfloat16)
-    assert not torch.equal(losses32[0], losses16[0])  # the bf16 path really ran
     for a, b in zip(losses32, losses16):
+        assert not torch.equal(a, b)
         torch.testing.assert_close(b, a, rtol=2e-2, atol=1e-3)
     for a, b in zip(grads32, grads16):
-        assert b.dtype == torch.float32
         assert (b - a).norm() <= 0.1 * a.norm() + 1e-6  # measured: at most 5% (the critics' first layer)
+
+
+def test_actor_initialises_as_cleanrl_and_leaves_the_rng_where_cleanrl_does():
+    """fc_mean_logstd holds CleanRL's fc_mean and fc_logstd, drawn in the same order, and building the actor consumes
+    exactly CleanRL's random numbers, so the critics built after it get CleanRL's weights for the same seed."""
+    torch.manual_seed(5)
+    actor = sac.Actor(OBS, ACT, -np.ones(ACT), np.ones(ACT))
+    after_actor = torch.get_rng_state()
+    torch.manual_seed(5)
+    fc1, fc2, fc_mean, fc_logstd = nn.Linear(OBS, 256), nn.Linear(256, 256), nn.Linear(256, ACT), nn.Linear(256, ACT)
+    assert torch.equal(torch.get_rng_state(), after_actor)
+    assert torch.equal(actor.fc1.weight, fc1.weight) and torch.equal(actor.fc2.weight, fc2.weight)
+    assert torch.equal(actor.fc_mean_logstd.weight, torch.cat([fc_mean.weight, fc_logstd.weight]))
+    assert torch.equal(actor.fc_mean_logstd.bias, torch.cat([fc_mean.bias, fc_logstd.bias]))
 
 
 FAULTS = """
 import resource, sys, numpy as np, torch
 from conftest import load_script
 torch.set_num_threads(1)
-if sys.argv[1] == "keep":
-    from steprl.utils import keep_freed_memory
-    keep_freed_memory()
+if sys.argv[1] == "keep":  # as the scripts start (no torchrun: no process group)
+    from steprl.utils import setup_distributed
+    setup_distributed(False, 1)
 sac = load_script("sac_continuous")
 actor, qf, qf_target = sac.Actor(17, 6, -np.ones(6), np.ones(6)), sac.TwinQ(17, 6), sac.TwinQ(17, 6)
 data = (torch.randn(256, 17), torch.randn(256, 17), torch.rand(256, 6), torch.randn(256), torch.zeros(256))
@@ -196,8 +214,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's malloc")
 def test_keep_freed_memory_stops_the_page_faults_of_each_update():
-    """setup_distributed keeps freed blocks in the heap: without it, glibc maps every large temporary of an update
-    afresh (hundreds of page faults per gradient step, measured about 450 here; each costs microseconds on a VM)."""
+    """setup_distributed keeps freed blocks in the heap: without it, glibc maps every large temporary of the losses'
+    forward and backward afresh (about 450 page faults per call of this loop; each costs microseconds on a VM)."""
     faults = {}
     for mode in ("default", "keep"):
         proc = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, cwd=Path(__file__).parent)

@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import math
 import os
+import platform
 import random
 import shutil
 import signal
@@ -102,13 +103,12 @@ def check_env_id(env_id: str) -> tuple:
 # ---------------------------------------------------------------- processes (torchrun)
 def keep_freed_memory() -> None:
     """Keep freed blocks in glibc's heap (elsewhere a no-op): by default each large temporary of an update is mapped
-    afresh, about 250 page faults per SAC gradient step, 1.06-1.23x slower (benchmarks/results/speed/NOTES.md)."""
-    try:
+    afresh, about 250 page faults per SAC gradient step, 1.06-1.23x slower (benchmarks/results/speed/NOTES.md).
+    Up to 1 GiB of freed memory per process stays reserved; MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ are overridden."""
+    if platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks under 32 MB come from the heap (the buffers stay mapped)
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: hand heap memory back to the OS only past 1 GiB free
-    except (OSError, AttributeError):  # no C library to load, or one without mallopt (macOS, musl)
-        pass
 
 
 def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.device]:
