@@ -300,7 +300,8 @@ def write_report(results: dict, args: Args) -> None:
              f"Hardware: {results['hardware']}.", "",
              f"Command: `{' '.join(['python benchmarks/sac_speed.py'] + sys.argv[1:])}`", "",
              "| threads | variant | ms / gradient step | CPU ms / gradient step | x floor | policy steps/s | vs CleanRL "
-             "(min-max) | first 20 gradient steps (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "(min-max) | ratio of medians | first 20 gradient steps (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for threads, r in results["by_threads"].items():
         floor = r["floor"]["floor_ms"]
         for name, loop in r["loop"].items():
@@ -308,8 +309,10 @@ def write_report(results: dict, args: Args) -> None:
             update = (f"{u['ms_per_step']:.2f} | {u['cpu_ms_per_step']:.2f} | {u['ms_per_step'] / floor:.2f}"
                       if u else "(as cleanrl) | | ")  # fmt: skip
             first = f"{u['first_20_steps_s']:.2f}" if u else ""
+            of_medians = loop["sps_median"] / r["loop"]["cleanrl"]["sps_median"]
+            spread = f"{min(loop['vs_cleanrl']):.2f}-{max(loop['vs_cleanrl']):.2f}"
             lines.append(f"| {threads} | {name} | {update} | {loop['sps_median']:.1f} | {loop['vs_cleanrl_median']:.2f}x "
-                         f"({min(loop['vs_cleanrl']):.2f}-{max(loop['vs_cleanrl']):.2f}) | {first} |")  # fmt: skip
+                         f"({spread}) | {of_medians:.2f}x | {first} |")  # fmt: skip
     lines += ["", "| threads | CleanRL GFLOP / step | GEMM GFLOP/s at its shapes | floor ms / step | GEMM GFLOP/s 256x256 |",
               "|---|---|---|---|---|"]  # fmt: skip
     for threads, r in results["by_threads"].items():
@@ -320,10 +323,11 @@ def write_report(results: dict, args: Args) -> None:
               "this process keeps freed memory in the heap, for CleanRL's update too). x floor: that time divided by the "
               "floor at the same thread count. Policy steps/s: the training loop after the 5,000-step random pre-fill, "
               "median over the alternating repeats, each variant in its own process; vs CleanRL: median (min-max) of the "
-              "ratios to the CleanRL loop of the same repeat. cleanrl: the CleanRL-equivalent loop with glibc's default "
+              "ratios to the CleanRL loop of the same repeat; ratio of medians: the two medians divided. "
+              "cleanrl: the CleanRL-equivalent loop with glibc's default "
               "allocator behaviour, as CleanRL's script runs; cleanrl_keep_memory: the same loop with steprl's "
-              "`keep_freed_memory`. First 20 gradient steps: the warm-up, which for `steprl_compile` includes "
-              "torch.compile's start-up. Floor: CleanRL's matmul FLOPs per gradient step at the matmul rate measured at "
+              "`keep_freed_memory`. First 20 gradient steps: the warm-up (with --compile, `steprl_compile`'s includes "
+              "torch.compile's start-up). Floor: CleanRL's matmul FLOPs per gradient step at the matmul rate measured at "
               "exactly its shapes (the 256x256 rate is shown for reference)."]  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
     Path(args.out, "sac_speed.json").write_text(json.dumps(results, indent=2))
