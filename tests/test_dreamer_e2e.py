@@ -238,6 +238,15 @@ def test_resume_rejects_changed_settings_and_a_checkpoint_without_replay(workdir
                   workdir, timeout=60)  # fmt: skip
     assert changed.returncode == 2 and "--size tiny (checkpoint) vs size1m (now)" in changed.stderr
     assert "Traceback" not in changed.stderr
+    import torch  # a checkpoint that does not fit this script (here: a parameter missing): exit 2, no traceback
+
+    (ckpt,) = (workdir / "runs" / "r" / "checkpoints").iterdir()
+    saved = torch.load(ckpt / "shared.pt", weights_only=True)
+    torch.save(saved | {"agent": dict(list(saved["agent"].items())[1:])}, ckpt / "shared.pt")
+    stale = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "r", "--resume", "yes"], workdir, timeout=60)
+    assert stale.returncode == 2 and "Traceback" not in stale.stderr
+    assert "--resume: the checkpoint's 'agent' does not fit this script" in stale.stderr
+    torch.save(saved, ckpt / "shared.pt")
 
     ok(run("dreamer.py", args + ["--total-steps", "32", "--run-name", "nb", "--no-checkpoint-buffer"], workdir))
     empty = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "nb", "--resume", "yes"], workdir, timeout=60)
