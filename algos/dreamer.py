@@ -39,6 +39,7 @@ from steprl.utils import (
     interrupt_cleanly,
     list_checkpoints,
     load_checkpoint,
+    load_states,
     resolve_run_name,
     rng_state,
     save_checkpoint,
@@ -1048,12 +1049,9 @@ if __name__ == "__main__":
     window = [0.0, 0.0, 0.0]  # sum of returns, sum of lengths, episodes since the last log (this rank)
     if checkpoint is not None:
         shared, local = checkpoint
-        modules = {"agent": agent, "slow_critic": slow_critic, "retnorm": retnorm, "optimizer": optimizer, "ratio": ratio}
-        try:
-            for key, module in modules.items():
-                module.load_state_dict(shared[key])
-        except (KeyError, RuntimeError, ValueError) as e:  # e.g. written by an older version of this script
-            fail("--resume", f"the checkpoint's {key!r} does not fit this script ({str(e).splitlines()[0]}); start a new run")
+        load_states(
+            {"agent": agent, "slow_critic": slow_critic, "retnorm": retnorm, "optimizer": optimizer, "ratio": ratio}, shared
+        )
         start_iteration = shared["iteration"]
         local_policy_steps, local_env_steps, local_episodes, local_starts, window = (
             local["policy_steps"],

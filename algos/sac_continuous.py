@@ -37,6 +37,7 @@ from steprl.utils import (
     interrupt_cleanly,
     list_checkpoints,
     load_checkpoint,
+    load_states,
     resolve_run_name,
     rng_state,
     save_checkpoint,
@@ -377,9 +378,9 @@ class Actor(nn.Module):
         self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor, hidden_dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        x, dtype = F.relu(self.fc1(x)), hidden_dtype  # bfloat16 (--bf16): fc2 multiplies in bf16, as TwinQ's hidden layer
-        if dtype != torch.float32:
-            x = F.relu(F.linear(x.to(dtype), self.fc2.weight.to(dtype), self.fc2.bias.to(dtype)).float())
+        x = F.relu(self.fc1(x))
+        if hidden_dtype != torch.float32:  # --bf16: fc2 multiplies in bf16, as TwinQ's hidden layer; ReLU in float32
+            x = F.relu(F.linear(*(t.to(hidden_dtype) for t in (x, self.fc2.weight, self.fc2.bias))).float())
         else:
             x = F.relu(self.fc2(x))
         mean, log_std = self.fc_mean_logstd(x).chunk(2, -1)
@@ -580,13 +581,8 @@ if __name__ == "__main__":
     window = [0.0, 0.0, 0.0]  # sum of returns, sum of lengths, episodes since the last log (this rank)
     if checkpoint is not None:
         shared, local = checkpoint
-        modules = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
-                   "actor_optimizer": actor_optimizer, "ratio": ratio}  # fmt: skip
-        try:
-            for key, module in modules.items():
-                module.load_state_dict(shared[key])
-        except (KeyError, RuntimeError, ValueError) as e:  # e.g. written by an older version of this script
-            fail("--resume", f"the checkpoint's {key!r} does not fit this script ({str(e).splitlines()[0]}); start a new run")
+        load_states({"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
+                     "actor_optimizer": actor_optimizer, "ratio": ratio}, shared)  # fmt: skip
         with torch.no_grad():
             log_alpha.copy_(shared["log_alpha"])
         start_iteration = shared["iteration"]

@@ -15,7 +15,8 @@ Writes `benchmarks/results/speed/sac_speed.{md,json}`. Three measurements, all a
    `algos/sac.py` (float32, --bf16), the CleanRL-equivalent loop (numpy replay buffer, one env, the update of 1.) as
    CleanRL's script runs it (glibc's default allocator behaviour), and the same loop with steprl's allocator setting
    (`cleanrl_keep_memory`, to show that setting's share). The variants alternate, `--loop-repeats` times; each one's
-   ratio to CleanRL is taken against the CleanRL run of the same repeat, and the median is reported.
+   ratio to CleanRL is taken against the CleanRL run of the same repeat; the median of those ratios is reported, and
+   the ratio of the medians.
 The CleanRL-equivalent code here is our own restatement of CleanRL's `sac_continuous_action.py` update for timing only.
 """
 

@@ -342,6 +342,16 @@ def load_checkpoint(path: str, rank: int, world_size: int) -> tuple[dict, dict]:
     return shared, torch.load(os.path.join(path, f"rank{rank}.pt"), map_location="cpu", weights_only=True)
 
 
+def load_states(modules: dict, shared: dict) -> None:
+    """`load_state_dict` of each named part from the checkpoint; one that does not fit (another version of the script)
+    exits 2 naming the part, instead of a traceback."""
+    try:
+        for key, module in modules.items():
+            module.load_state_dict(shared[key])
+    except (KeyError, RuntimeError, ValueError) as e:
+        fail("--resume", f"the checkpoint's {key!r} does not fit this script ({str(e).splitlines()[0]}); start a new run")
+
+
 def rng_state() -> dict:
     """Python, NumPy and torch global RNG states in a form `torch.load(weights_only=True)` accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
