@@ -311,7 +311,7 @@ class ReplayBuffer:
 
     def sample(self, n: int, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
         idx = torch.randint(0, self.size, (n, batch_size), device=self.obs.device)
-        return [tuple(getattr(self, name)[i] for name in self.fields) for i in idx]
+        return [tuple(getattr(self, name).index_select(0, i) for name in self.fields) for i in idx]  # faster than [i]
 
     def state_dict(self) -> dict:
         return {"pos": self.pos, "size": self.size} | {k: getattr(self, k)[: self.size].clone() for k in self.fields}
@@ -388,8 +388,9 @@ class Actor(nn.Module):
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)  # From SpinUp / Denis Yarats
         return mean, log_std
 
-    def get_action(self, x: torch.Tensor, hidden_dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A reparameterised tanh-Gaussian sample, its log-probability [B], and the deterministic action."""
+    def get_action(self, x: torch.Tensor, hidden_dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised tanh-Gaussian sample and its log-probability [B] (CleanRL also returns the deterministic
+        action; here `act` gives it, and the losses skip computing it)."""
         mean, log_std = self(x, hidden_dtype)
         eps = torch.randn_like(mean)
         x_t = mean + log_std.exp() * eps
@@ -397,7 +398,15 @@ class Actor(nn.Module):
         action = y_t * self.action_scale + self.action_bias
         log_prob = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)  # Normal(mean, std).log_prob(x_t)
         log_prob = log_prob - torch.log(self.action_scale * (1 - y_t.pow(2)) + 1e-6)  # Enforcing action bound
-        return action, log_prob.sum(-1), torch.tanh(mean) * self.action_scale + self.action_bias
+        return action, log_prob.sum(-1)
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Actions for the envs: get_action's sample (the same random draws) without its log-probability, or
+        tanh(mean) when `deterministic`; float32 numpy in, numpy out."""
+        mean, log_std = self(torch.as_tensor(obs, dtype=torch.float32, device=self.action_scale.device))
+        x_t = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
+        return (torch.tanh(x_t) * self.action_scale + self.action_bias).cpu().numpy()
 
 
 # ALGO LOGIC: losses, pure functions of one minibatch (so `--compile` can compile them and a test can check them)
@@ -406,7 +415,7 @@ def critic_loss(actor: Actor, qf: TwinQ, qf_target: TwinQ, data: tuple[torch.Ten
     """Soft Bellman error of both critics, summed (CleanRL's qf_loss = qf1_loss + qf2_loss), and its metrics."""
     obs, next_obs, actions, rewards, terminations = data
     with torch.no_grad():
-        next_actions, next_log_pi, _ = actor.get_action(next_obs, hidden_dtype)
+        next_actions, next_log_pi = actor.get_action(next_obs, hidden_dtype)
         qf_next_target = qf_target(next_obs, next_actions, hidden_dtype=hidden_dtype).min(0).values - alpha * next_log_pi
         next_q_value = rewards + (1 - terminations) * gamma * qf_next_target
     qf_values = qf(obs, actions, hidden_dtype=hidden_dtype)  # [2, B]
@@ -420,7 +429,7 @@ def critic_loss(actor: Actor, qf: TwinQ, qf_target: TwinQ, data: tuple[torch.Ten
 def actor_alpha_loss(actor: Actor, qf: TwinQ, obs: torch.Tensor, log_alpha: torch.Tensor, alpha: torch.Tensor,
                      target_entropy: float, hidden_dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Actor loss, and the entropy-temperature loss from the same log-probabilities (one actor pass, not two)."""
-    pi, log_pi, _ = actor.get_action(obs, hidden_dtype)
+    pi, log_pi = actor.get_action(obs, hidden_dtype)
     min_qf_pi = qf(obs, pi, True, hidden_dtype).min(0).values  # gradients reach the actions, not the critic weights
     actor_loss = (alpha * log_pi - min_qf_pi).mean()
     alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
@@ -673,8 +682,7 @@ if __name__ == "__main__":
         if iteration <= R:
             actions = action_rng.uniform(low, high, (m, act_dim)).astype(np.float32)
         else:
-            with torch.no_grad():
-                actions = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+            actions = actor.act(obs)
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
@@ -773,10 +781,8 @@ if __name__ == "__main__":
                 for ep in range(args.eval_episodes):
                     eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
                     while True:
-                        with torch.no_grad():
-                            obs_t = torch.as_tensor(eval_obs, dtype=torch.float32, device=device)[None]
-                            action = actor.get_action(obs_t)[2]
-                        eval_obs, _, terminated, truncated, info = eval_env.step(action[0].cpu().numpy())
+                        action = actor.act(eval_obs[None], deterministic=True)[0]
+                        eval_obs, _, terminated, truncated, info = eval_env.step(action)
                         if terminated or truncated:
                             returns.append(float(info["episode"]["r"]))
                             lengths.append(int(info["episode"]["l"]))

@@ -123,13 +123,21 @@ def test_actor_and_alpha_losses_and_gradients_match_reference():
         torch.testing.assert_close(g, p.grad)
 
 
-def test_action_bounds_and_deterministic_action():
+def test_action_bounds_and_acting_path():
     actor, _, _, (obs, *_rest) = setup()
-    action, log_prob, mean_action = actor.get_action(obs)
     low, high = torch.tensor([-1.0, -2.0, 0.0]), torch.tensor([1.0, 2.0, 3.0])
-    assert ((action >= low) & (action <= high)).all() and ((mean_action >= low) & (mean_action <= high)).all()
-    assert log_prob.shape == (B,)
-    torch.testing.assert_close(actor.get_action(obs)[2], mean_action)  # deterministic part is noise-free
+    torch.manual_seed(1)
+    action, log_prob = actor.get_action(obs)
+    assert ((action >= low) & (action <= high)).all() and log_prob.shape == (B,)
+    torch.manual_seed(1)
+    acted = actor.act(obs.numpy())  # the envs' actions: get_action's sample, same random draws, no log-probability
+    assert isinstance(acted, np.ndarray) and acted.dtype == np.float32
+    np.testing.assert_array_equal(acted, action.detach().numpy())
+    mean, _ = actor(obs)
+    greedy = actor.act(obs.numpy(), deterministic=True)
+    np.testing.assert_array_equal(greedy, actor.act(obs.numpy(), deterministic=True))  # noise-free
+    torch.testing.assert_close(torch.from_numpy(greedy), torch.tanh(mean.detach()) * actor.action_scale + actor.action_bias)
+    assert ((torch.from_numpy(greedy) >= low) & (torch.from_numpy(greedy) <= high)).all()
 
 
 def test_replay_buffer_wraps_around_and_round_trips():
