@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -165,7 +166,7 @@ SIZES = {
 STOCH, BLOCKS, BINS = 32, 8, 255
 
 
-RESUME_FLAGS = [  # a resumed run must keep these (they shape the step plan, buffers or networks); --total-steps may grow
+RESUME_FLAGS = [  # a resumed run must keep these (step plan, buffers, networks, optimizer); --total-steps may grow
     "env_id",
     "num_envs",
     "action_repeat",
@@ -176,7 +177,18 @@ RESUME_FLAGS = [  # a resumed run must keep these (they shape the step plan, buf
     "per_rank_buffer_size",
     "image_size",
     "size",
+    "learning_rate",  # the optimizer's settings and the seed live in the checkpoint (optimizer and RNG states): a new
+    "warmup",  # value would be ignored while the run's config showed it
+    "agc",
+    "adam_eps",
+    "beta1",
+    "beta2",
+    "seed",
 ]
+
+# evaluation stops an episode after this many policy steps when neither the env nor --max-episode-steps limits it (instead
+# of hanging on an env that never ends): Atari's usual limit, 108,000 frames at frame skip 4
+EVAL_STEP_CAP = 27_000
 
 
 # ALGO LOGIC: environments
@@ -897,8 +909,8 @@ def validate(args: Args) -> None:
     if not args.horizon > 1:
         fail("--horizon", f"got {args.horizon}; it must be greater than 1 (333 in the paper)")
     for flag, value in [("--learning-rate", args.learning_rate), ("--adam-eps", args.adam_eps)]:
-        if not value > 0:
-            fail(flag, f"got {value}; it must be positive")
+        if not 0 < value < math.inf:
+            fail(flag, f"got {value}; it must be positive and finite")
     for flag, value in [("--agc", args.agc), ("--actent", args.actent), ("--free-nats", args.free_nats)]:
         if value < 0:
             fail(flag, f"got {value}; it must be at least 0")
@@ -920,7 +932,7 @@ def validate(args: Args) -> None:
             "--per-rank-buffer-size",
             f"{args.per_rank_buffer_size} holds fewer than {T} steps per env; use at least {T * args.num_envs}",
         )
-    if args.resume != "no" and args.run_name is None and "TORCHELASTIC_RUN_ID" not in os.environ:
+    if args.resume != "no" and args.run_name is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
         fail("--resume", f"`--resume {args.resume}` needs `--run-name NAME` to know which run to continue")
     check_run_dir(args.run_name, args.resume)
     if args.capture_video:
@@ -931,11 +943,10 @@ def validate(args: Args) -> None:
     check_tracking(args.track)
     obs_space, act_space = check_env_id(args.env_id)
     if isinstance(act_space, gym.spaces.Box):
-        if len(act_space.shape) != 1 or not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
-            fail(
-                "--env-id",
-                f"Box actions must be a vector with finite bounds; {args.env_id} has {act_space}. Wrap it with RescaleAction",
-            )
+        if len(act_space.shape) != 1:
+            fail("--env-id", f"Box actions must be a vector; {args.env_id} has {act_space}. Wrap the env to flatten them")
+        if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
+            fail("--env-id", f"Box actions need finite bounds; {args.env_id} has {act_space}. Wrap it with RescaleAction")
     elif not isinstance(act_space, gym.spaces.Discrete):
         fail("--env-id", f"DreamerV3 here takes Discrete or Box actions; {args.env_id} has {act_space}")
     spaces = obs_space.spaces if isinstance(obs_space, gym.spaces.Dict) else {"obs": obs_space}
@@ -1379,18 +1390,23 @@ if __name__ == "__main__":
             try:
                 eval_env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, args.image_size)()
                 returns, lengths = [], []
+                limited = args.max_episode_steps is not None or eval_env.spec.max_episode_steps is not None
                 for ep in range(args.eval_episodes):
                     eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
                     d, s = agent.rssm.initial(1, device)
-                    a, first = torch.zeros(1, act_dim, device=device), np.ones(1, dtype=bool)
-                    while True:
+                    a, first, ep_return = torch.zeros(1, act_dim, device=device), np.ones(1, dtype=bool), 0.0
+                    for length in range(1, sys.maxsize if limited else EVAL_STEP_CAP + 1):
                         a, d, s = policy({k: v[None] for k, v in eval_obs.items()}, d, s, a, first)
-                        eval_obs, _, terminated, truncated, info = eval_env.step(to_env_action(a.cpu().numpy())[0])
+                        eval_obs, reward, terminated, truncated, _ = eval_env.step(to_env_action(a.cpu().numpy())[0])
                         first[:] = False
+                        ep_return += float(reward)
                         if terminated or truncated:
-                            returns.append(float(info["episode"]["r"]))
-                            lengths.append(int(info["episode"]["l"]))
                             break
+                    else:
+                        warn(f"evaluation episode {ep + 1} did not end in {EVAL_STEP_CAP} policy steps ({args.env_id} has "
+                             "no time limit); stopped there. Bound episodes with --max-episode-steps")  # fmt: skip
+                    returns.append(ep_return)
+                    lengths.append(length)
                 eval_env.close()
                 ledger["eval"] = {
                     "episodes": len(returns),

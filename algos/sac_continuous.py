@@ -5,6 +5,7 @@
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -130,7 +131,7 @@ class Args:
     """automatic tuning of the entropy coefficient towards target entropy -|A|"""
 
 
-RESUME_FLAGS = [  # a resumed run must keep these (they shape the step plan, the buffers or the update's arithmetic)
+RESUME_FLAGS = [  # a resumed run must keep these (they shape the step plan, the buffers or the update)
     "env_id",
     "num_envs",
     "action_repeat",
@@ -140,7 +141,14 @@ RESUME_FLAGS = [  # a resumed run must keep these (they shape the step plan, the
     "per_rank_pretrain_steps",
     "per_rank_buffer_size",
     "bf16",
+    "policy_lr",  # the learning rates and the seed live in the checkpoint (optimizer and RNG states): a new value would
+    "q_lr",  # be ignored while the run's config showed it
+    "seed",
 ]
+
+# evaluation stops an episode after this many policy steps when neither the env nor --max-episode-steps limits it (instead
+# of hanging on an env that never ends): Atari's usual limit, 108,000 frames at frame skip 4
+EVAL_STEP_CAP = 27_000
 
 
 # ALGO LOGIC: environments
@@ -465,8 +473,8 @@ def validate(args: Args) -> None:
         if not 0 < value <= 1:
             fail(flag, f"got {value}; it must be in (0, 1]")
     for flag, value in [("--policy-lr", args.policy_lr), ("--q-lr", args.q_lr), ("--alpha", args.alpha)]:
-        if not value > 0:
-            fail(flag, f"got {value}; it must be positive")
+        if not 0 < value < math.inf:
+            fail(flag, f"got {value}; it must be positive and finite")
     P = args.world_size * args.num_envs
     if args.total_steps < P:
         fail(
@@ -474,7 +482,7 @@ def validate(args: Args) -> None:
             f"{args.total_steps} is less than one iteration of {P} policy steps "
             f"({args.world_size} process(es) x {args.num_envs} env(s)); use at least {P}",
         )
-    if args.resume != "no" and args.run_name is None and "TORCHELASTIC_RUN_ID" not in os.environ:
+    if args.resume != "no" and args.run_name is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
         fail("--resume", f"`--resume {args.resume}` needs `--run-name NAME` to know which run to continue")
     check_run_dir(args.run_name, args.resume)
     if args.capture_video:
@@ -778,15 +786,21 @@ if __name__ == "__main__":
                 if args.capture_video:
                     eval_env = gym.wrappers.RecordVideo(eval_env, os.path.join(run_dir, "videos"), name_prefix="eval")
                 returns, lengths = [], []
+                limited = args.max_episode_steps is not None or eval_env.spec.max_episode_steps is not None
                 for ep in range(args.eval_episodes):
                     eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
-                    while True:
+                    ep_return = 0.0
+                    for length in range(1, sys.maxsize if limited else EVAL_STEP_CAP + 1):
                         action = actor.act(eval_obs[None], deterministic=True)[0]
-                        eval_obs, _, terminated, truncated, info = eval_env.step(action)
+                        eval_obs, reward, terminated, truncated, _ = eval_env.step(action)
+                        ep_return += float(reward)
                         if terminated or truncated:
-                            returns.append(float(info["episode"]["r"]))
-                            lengths.append(int(info["episode"]["l"]))
                             break
+                    else:
+                        warn(f"evaluation episode {ep + 1} did not end in {EVAL_STEP_CAP} policy steps ({args.env_id} has "
+                             "no time limit); stopped there. Bound episodes with --max-episode-steps")  # fmt: skip
+                    returns.append(ep_return)
+                    lengths.append(length)
                 eval_env.close()
                 ledger["eval"] = {
                     "episodes": len(returns),

@@ -62,3 +62,14 @@ class NoRenderEnv(CountdownEnv):
 
 
 gym.register("NoRender-v0", entry_point=NoRenderEnv)
+
+
+class EndlessEnv(CountdownEnv):
+    """Never terminates, and is registered without a time limit: evaluation must stop it rather than hang."""
+
+    def step(self, action):
+        obs, reward, _, truncated, info = super().step(action)
+        return obs, 1.0, False, truncated, info
+
+
+gym.register("Endless-v0", entry_point=EndlessEnv)

@@ -237,6 +237,9 @@ def test_resume_rejects_changed_settings_and_a_checkpoint_without_replay(workdir
     changed = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "r", "--resume", "yes", "--size", "size1m"],
                   workdir, timeout=60)  # fmt: skip
     assert changed.returncode == 2 and "--size tiny (checkpoint) vs size1m (now)" in changed.stderr
+    lr = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "r", "--resume", "yes", "--learning-rate", "1e-3"],
+             workdir, timeout=60)  # fmt: skip
+    assert lr.returncode == 2 and "--learning-rate 4e-05 (checkpoint) vs 0.001 (now)" in lr.stderr  # the optimizer's state
     assert "Traceback" not in changed.stderr
     import torch  # a checkpoint that does not fit this script (here: a parameter missing): exit 2, no traceback
 

@@ -217,6 +217,7 @@ BAD = [
         "--capture-video: cannot render steprl_testenvs:NoRender-v0 as rgb_array (DependencyNotInstalled",
     ),  # fmt: skip
     (["--max-episode-steps", "2.5"], "--max-episode-steps"),
+    (["--q-lr", "inf"], "--q-lr: got inf; it must be positive and finite"),
 ]
 
 
@@ -233,6 +234,33 @@ def test_bad_input_under_torchrun_stops_without_hang(workdir):
     proc = run("sac.py", FAST + ["--num-envs", "0"], workdir, nproc=2, timeout=90)
     assert proc.returncode != 0
     assert "error: --num-envs: got 0; it must be at least 1" in proc.stderr
+    resume = run("sac.py", FAST + ["--resume", "yes"], workdir, nproc=2, timeout=90)  # torchrun's first attempt
+    assert resume.returncode != 0 and "`--resume yes` needs `--run-name NAME`" in resume.stderr
+    assert not (workdir / "runs").exists()
+
+
+def test_sigterm_stops_with_the_resume_hint(workdir):
+    proc = subprocess.Popen(command("sac.py", FAST + ["--total-steps", "1e6", "--run-name", "t"]), cwd=workdir,
+                            env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(lambda: (workdir / "runs" / "t").exists(), 60, proc)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "SIGTERM: stopped; continue from the newest checkpoint (if any) with `--resume yes`" in err
+    assert "Traceback" not in err
+
+
+def test_env_without_time_limit_evaluation_stops_at_the_cap(workdir):
+    args = FAST + ["--env-id", "steprl_testenvs:Endless-v0", "--total-steps", "100", "--learning-starts", "50",
+                   "--eval-episodes", "1"]  # fmt: skip
+    proc = ok(run("sac.py", args, workdir))
+    (run_dir,) = (workdir / "runs").iterdir()  # ':' of the module syntax is not part of the directory name
+    assert run_dir.name.startswith("steprl_testenvs-Endless-v0__sac_continuous__1__")
+    led = ledger(workdir)
+    assert led["actual"]["episodes"] == 0
+    assert led["eval"]["mean_length"] == 27_000 and led["eval"]["mean_return"] == 27_000.0
+    assert "evaluation episode 1 did not end in 27000 policy steps" in proc.stderr
 
 
 def test_help_works():
@@ -268,6 +296,8 @@ def test_resume_rejects_changed_settings_and_a_passed_budget(workdir):
     assert "--num-envs 1 (checkpoint) vs 2 (now)" in changed.stderr
     precision = run("sac.py", args + ["--total-steps", "400", "--resume", "yes", "--bf16"], workdir, timeout=60)
     assert precision.returncode == 2 and "--bf16 False (checkpoint) vs True (now)" in precision.stderr
+    lr = run("sac.py", args + ["--total-steps", "400", "--resume", "yes", "--policy-lr", "1e-3"], workdir, timeout=60)
+    assert lr.returncode == 2 and "--policy-lr 0.0003 (checkpoint) vs 0.001 (now)" in lr.stderr  # Adam's state keeps it
     passed = run("sac.py", args + ["--total-steps", "100", "--resume", "yes"], workdir, timeout=60)
     assert passed.returncode == 2 and "is past 100 policy steps" in passed.stderr
     assert (workdir / "runs" / "r" / "steps.json").read_text() == before

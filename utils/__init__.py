@@ -198,7 +198,8 @@ def seed_everything(seed: int, torch_deterministic: bool) -> None:
 # ---------------------------------------------------------------- runs, tracking
 def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_size: int) -> str:
     """The run directory's name, the same on every rank. Default `{prefix}__{timestamp}`; a worker restarted by
-    `torchrun --max-restarts` (TORCHELASTIC_RESTART_COUNT > 0) finds the run its first attempt started."""
+    `torchrun --max-restarts` (TORCHELASTIC_RESTART_COUNT > 0) finds its first attempt's run. '/' and ':' become '-'."""
+    prefix = prefix.replace("/", "-").replace(":", "-")
     if run_name is None and is_main_process():
         elastic_id = os.environ.get("TORCHELASTIC_RUN_ID")
         if elastic_id is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
@@ -287,13 +288,15 @@ def check_replay_fits(capacity: int, step_bytes: int) -> None:
 
 
 def interrupt_cleanly() -> None:
-    """Ctrl-C: one line and exit 130 instead of a KeyboardInterrupt traceback (checkpoints already written stay)."""
+    """Ctrl-C or SIGTERM (a scheduler, or torchrun stopping its workers): one line and exit 128 + signal number instead
+    of a traceback or a silent exit (checkpoints already written stay)."""
 
     def handler(signum, frame):
-        warn("interrupted; continue from the newest checkpoint (if any) with the same flags and `--resume yes`")
-        os._exit(130)
+        warn(f"{signal.Signals(signum).name}: stopped; continue from the newest checkpoint (if any) with `--resume yes`")
+        os._exit(128 + signum)
 
-    signal.signal(signal.SIGINT, handler)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
 
 
 # ---------------------------------------------------------------- checkpoints
