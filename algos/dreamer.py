@@ -932,7 +932,9 @@ def validate(args: Args) -> None:
             "--per-rank-buffer-size",
             f"{args.per_rank_buffer_size} holds fewer than {T} steps per env; use at least {T * args.num_envs}",
         )
-    if args.resume != "no" and args.run_name is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+    # without --run-name only torchrun can say which run to continue: `--resume auto` on its first attempt, or a restart
+    elastic = args.resume == "auto" and "TORCHELASTIC_RUN_ID" in os.environ
+    if args.resume != "no" and args.run_name is None and not (elastic or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))):
         fail("--resume", f"`--resume {args.resume}` needs `--run-name NAME` to know which run to continue")
     check_run_dir(args.run_name, args.resume)
     if args.capture_video:

@@ -288,14 +288,14 @@ def check_replay_fits(capacity: int, step_bytes: int) -> None:
 
 
 def interrupt_cleanly() -> None:
-    """Ctrl-C or SIGTERM (a scheduler, or torchrun stopping its workers): one line and exit 128 + signal number instead
-    of a traceback or a silent exit (checkpoints already written stay)."""
+    """Ctrl-C, or SIGTERM outside torchrun (a scheduler): one line and exit 128 + signal number, not a traceback or
+    silence. torchrun's workers keep SIGTERM's default, so they die at once even when blocked in a collective."""
 
     def handler(signum, frame):
         warn(f"{signal.Signals(signum).name}: stopped; continue from the newest checkpoint (if any) with `--resume yes`")
         os._exit(128 + signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT,) if "TORCHELASTIC_RUN_ID" in os.environ else (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, handler)
 
 
