@@ -912,8 +912,8 @@ def validate(args: Args) -> None:
         if not 0 < value < math.inf:
             fail(flag, f"got {value}; it must be positive and finite")
     for flag, value in [("--agc", args.agc), ("--actent", args.actent), ("--free-nats", args.free_nats)]:
-        if value < 0:
-            fail(flag, f"got {value}; it must be at least 0")
+        if not 0 <= value < math.inf:
+            fail(flag, f"got {value}; it must be finite and at least 0")
     P, T = args.world_size * args.num_envs, args.per_rank_sequence_length
     if args.total_steps < P:
         fail(
@@ -932,10 +932,6 @@ def validate(args: Args) -> None:
             "--per-rank-buffer-size",
             f"{args.per_rank_buffer_size} holds fewer than {T} steps per env; use at least {T * args.num_envs}",
         )
-    # without --run-name only torchrun can say which run to continue: `--resume auto` on its first attempt, or a restart
-    elastic = args.resume == "auto" and "TORCHELASTIC_RUN_ID" in os.environ
-    if args.resume != "no" and args.run_name is None and not (elastic or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))):
-        fail("--resume", f"`--resume {args.resume}` needs `--run-name NAME` to know which run to continue")
     check_run_dir(args.run_name, args.resume)
     if args.capture_video:
         try:
@@ -1392,7 +1388,7 @@ if __name__ == "__main__":
             try:
                 eval_env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, args.image_size)()
                 returns, lengths = [], []
-                limited = args.max_episode_steps is not None or eval_env.spec.max_episode_steps is not None
+                limited = args.max_episode_steps is not None or getattr(eval_env.spec, "max_episode_steps", None) is not None
                 for ep in range(args.eval_episodes):
                     eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
                     d, s = agent.rssm.initial(1, device)

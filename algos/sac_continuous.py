@@ -482,10 +482,6 @@ def validate(args: Args) -> None:
             f"{args.total_steps} is less than one iteration of {P} policy steps "
             f"({args.world_size} process(es) x {args.num_envs} env(s)); use at least {P}",
         )
-    # without --run-name only torchrun can say which run to continue: `--resume auto` on its first attempt, or a restart
-    elastic = args.resume == "auto" and "TORCHELASTIC_RUN_ID" in os.environ
-    if args.resume != "no" and args.run_name is None and not (elastic or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))):
-        fail("--resume", f"`--resume {args.resume}` needs `--run-name NAME` to know which run to continue")
     check_run_dir(args.run_name, args.resume)
     if args.capture_video:
         if args.eval_episodes == 0:
@@ -785,10 +781,11 @@ if __name__ == "__main__":
             try:
                 render_mode = "rgb_array" if args.capture_video else None
                 eval_env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, render_mode)()
-                if args.capture_video:
-                    eval_env = gym.wrappers.RecordVideo(eval_env, os.path.join(run_dir, "videos"), name_prefix="eval")
+                limited = args.max_episode_steps is not None or getattr(eval_env.spec, "max_episode_steps", None) is not None
+                if args.capture_video:  # whole episodes; at most 1,000 frames of an unlimited one (frames stay in memory)
+                    eval_env = gym.wrappers.RecordVideo(eval_env, os.path.join(run_dir, "videos"), name_prefix="eval",
+                                                        video_length=0 if limited else 1000)  # fmt: skip
                 returns, lengths = [], []
-                limited = args.max_episode_steps is not None or eval_env.spec.max_episode_steps is not None
                 for ep in range(args.eval_episodes):
                     eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
                     ep_return = 0.0

@@ -234,20 +234,21 @@ def test_bad_input_under_torchrun_stops_without_hang(workdir):
     proc = run("sac.py", FAST + ["--num-envs", "0"], workdir, nproc=2, timeout=90)
     assert proc.returncode != 0
     assert "error: --num-envs: got 0; it must be at least 1" in proc.stderr
-    resume = run("sac.py", FAST + ["--resume", "yes"], workdir, nproc=2, timeout=90)  # torchrun's first attempt
+    resume = run("sac.py", FAST + ["--resume", "yes"], workdir, nproc=2, timeout=90, torchrun_args=("--max-restarts=1",))
     assert resume.returncode != 0 and "`--resume yes` needs `--run-name NAME`" in resume.stderr
     assert not (workdir / "runs").exists()
 
 
 def test_sigterm_stops_with_the_resume_hint(workdir):
-    proc = subprocess.Popen(command("sac.py", FAST + ["--total-steps", "1e6", "--run-name", "t"]), cwd=workdir,
-                            env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = FAST + ["--total-steps", "1e6", "--run-name", "t", "--async-envs", "--num-envs", "2"]
+    proc = subprocess.Popen(command("sac.py", args), cwd=workdir, env=script_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     wait_for(lambda: (workdir / "runs" / "t").exists(), 60, proc)
-    time.sleep(1)
-    proc.send_signal(signal.SIGTERM)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler does: the env worker processes get it too
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "SIGTERM: stopped; continue from the newest checkpoint (if any) with `--resume yes`" in err
+    assert err.count("SIGTERM: stopped; continue from the newest checkpoint (if any) with the same flags") == 1
     assert "Traceback" not in err
 
 

@@ -241,8 +241,7 @@ def setup_tracking(args, run_name: str, run_dir: str):
 
 
 def close_tracking(writer, track: bool) -> None:
-    writer.flush()
-    writer.close()
+    writer.close()  # flushes
     if track:
         import wandb
 
@@ -263,8 +262,10 @@ def check_tracking(track: bool) -> None:
 
 
 def check_run_dir(run_name: str | None, resume: str) -> None:
-    """Exit 2 when `--run-name` would escape runs/, or reuse a directory that holds a run it cannot continue."""
+    """Exit 2 when `--run-name` escapes runs/ or reuses a run it cannot continue, or a resume has no run to look in."""
     if run_name is None:
+        if resume == "yes" or (resume == "auto" and "TORCHELASTIC_RUN_ID" not in os.environ):  # torchrun's marker finds it
+            fail("--resume", f"`--resume {resume}` needs `--run-name NAME` to know which run to continue")
         return
     if os.path.isabs(run_name) or ".." in run_name.split("/") or not run_name.strip("./"):
         fail("--run-name", f"{run_name!r} must be a plain name (it becomes runs/<name>/); no '..' or absolute paths")
@@ -291,8 +292,12 @@ def interrupt_cleanly() -> None:
     """Ctrl-C, or SIGTERM outside torchrun (a scheduler): one line and exit 128 + signal number, not a traceback or
     silence. torchrun's workers keep SIGTERM's default, so they die at once even when blocked in a collective."""
 
-    def handler(signum, frame):
-        warn(f"{signal.Signals(signum).name}: stopped; continue from the newest checkpoint (if any) with `--resume yes`")
+    main_pid = os.getpid()
+
+    def handler(signum, frame):  # --async-envs workers inherit it: only the main process speaks
+        if os.getpid() == main_pid:
+            warn(f"{signal.Signals(signum).name}: stopped; continue from the newest checkpoint (if any) with the same flags, "
+                 "this run's --run-name and `--resume yes`")  # fmt: skip
         os._exit(128 + signum)
 
     for signum in (signal.SIGINT,) if "TORCHELASTIC_RUN_ID" in os.environ else (signal.SIGINT, signal.SIGTERM):
