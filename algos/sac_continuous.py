@@ -539,7 +539,7 @@ if __name__ == "__main__":
         args.action_repeat,
     )
     N, R = plan["iterations"], plan["random_iterations"]
-    run_name = resolve_run_name(args.run_name, f"{args.env_id}__{args.exp_name}__{args.seed}", "runs", world_size)
+    run_name = resolve_run_name(args.run_name, f"{args.env_id}__{args.exp_name}__{args.seed}", "runs", world_size, args.resume)
     run_dir, ckpt_dir = os.path.join("runs", run_name), os.path.join("runs", run_name, "checkpoints")
     checkpoint = None
     if args.resume != "no":

@@ -167,6 +167,22 @@ def test_torchrun_max_restarts_resume_auto_after_a_killed_worker(workdir):
     assert led["actual"]["param_checksums"][0] == led["actual"]["param_checksums"][1]
 
 
+def test_torchrun_restart_with_resume_no_starts_a_new_run_directory(workdir):
+    args = FAST + ["--total-steps", "2400", "--learning-starts", "100"]
+    proc = subprocess.Popen(command("sac.py", args, nproc=2, torchrun_args=("--max-restarts=1",)), cwd=workdir,
+                            env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    runs = workdir / "runs"
+    wait_for(lambda: runs.exists() and any(r.glob("events.out*") for r in runs.iterdir()), 120, proc)
+    time.sleep(1)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    first, second = sorted(runs.iterdir())  # the first attempt's run is left as it was, not overwritten
+    assert not (first / "steps.json").exists() and len(list(first.glob("events.out*"))) == 1
+    check_ledger_equals_plan(json.loads((second / "steps.json").read_text()))
+
+
 def test_track_offline_writes_a_wandb_run(workdir):
     env = script_env() | {"WANDB_MODE": "offline"}
     ok(run("sac.py", FAST + ["--total-steps", "200", "--learning-starts", "100", "--track", "--run-name", "w"], workdir,

@@ -196,13 +196,13 @@ def seed_everything(seed: int, torch_deterministic: bool) -> None:
 
 
 # ---------------------------------------------------------------- runs, tracking
-def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_size: int) -> str:
-    """The run directory's name, the same on every rank. Default `{prefix}__{timestamp}`; a worker restarted by
-    `torchrun --max-restarts` (TORCHELASTIC_RESTART_COUNT > 0) finds its first attempt's run. '/' and ':' become '-'."""
+def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_size: int, resume: str) -> str:
+    """The run directory's name, the same on every rank: `{prefix}__{timestamp}` ('/' and ':' as '-'), or, for a worker
+    restarted by `torchrun --max-restarts` that may resume, its first attempt's run (with `--resume no`, a new one)."""
     prefix = prefix.replace("/", "-").replace(":", "-")
     if run_name is None and is_main_process():
         elastic_id = os.environ.get("TORCHELASTIC_RUN_ID")
-        if elastic_id is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        if elastic_id is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and resume != "no":
             marker = lambda d: os.path.join(runs_root, d, "torchelastic_run_id")  # noqa: E731
             dirs = [d for d in os.listdir(runs_root) if d.startswith(prefix + "__")] if os.path.isdir(runs_root) else []
             run_name = next((d for d in dirs if os.path.exists(marker(d)) and open(marker(d)).read() == elastic_id), None)
