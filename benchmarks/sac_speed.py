@@ -49,8 +49,8 @@ class Args:
     """torch intra-op thread counts to measure"""
     grad_steps: int = 200
     """gradient steps per timing repetition (micro benchmark)"""
-    repeats: int = 5
-    """interleaved repetitions per variant (the median is reported)"""
+    repeats: int = 9
+    """interleaved repetitions per variant, each after a fresh floor measurement (the median is reported)"""
     loop_steps: int = 1500
     """training policy steps per end-to-end measurement (after a 5000-step random pre-fill, as the defaults)"""
     loop_repeats: int = 3
@@ -219,6 +219,8 @@ def compute_floor(repeats: int) -> dict:
 
 
 def time_updates(variants: dict, grad_steps: int, repeats: int) -> dict:
+    """Each variant's ms per gradient step, and its ratio to the compute floor measured just before the same repetition
+    (the host's matmul rate drifts by 10-30% within minutes: a floor measured once would skew every ratio)."""
     data = random_batch()
     first = {}
     for name, (update, _) in variants.items():  # warm-up; for the compiled variant this is its start-up (compilation)
@@ -226,15 +228,18 @@ def time_updates(variants: dict, grad_steps: int, repeats: int) -> dict:
         for step in range(20):
             update(step, data)
         first[name] = time.perf_counter() - t
-    wall, cpu = {k: [] for k in variants}, {k: [] for k in variants}
+    wall, cpu, floors = {k: [] for k in variants}, {k: [] for k in variants}, []
     for _ in range(repeats):
+        floors.append(compute_floor(1)["floor_ms"])
         for name, (update, _) in variants.items():
             t, c = time.perf_counter(), time.process_time()
             for step in range(grad_steps):
                 update(step, data)
             wall[name].append((time.perf_counter() - t) / grad_steps * 1e3)
             cpu[name].append((time.process_time() - c) / grad_steps * 1e3)
+    x_floor = {k: [w / f for w, f in zip(wall[k], floors)] for k in variants}
     return {k: {"ms_per_step": float(np.median(wall[k])), "cpu_ms_per_step": float(np.median(cpu[k])),
+                "x_floor": float(np.median(x_floor[k])), "x_floor_range": [min(x_floor[k]), max(x_floor[k])],
                 "first_20_steps_s": first[k]} for k in variants}  # fmt: skip
 
 
@@ -304,11 +309,10 @@ def write_report(results: dict, args: Args) -> None:
              "(min-max) | ratio of medians | first 20 gradient steps (s) |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for threads, r in results["by_threads"].items():
-        floor = r["floor"]["floor_ms"]
         for name, loop in r["loop"].items():
             u = r["update"].get(name)  # none for cleanrl_keep_memory: its update is cleanrl's
-            update = (f"{u['ms_per_step']:.2f} | {u['cpu_ms_per_step']:.2f} | {u['ms_per_step'] / floor:.2f}"
-                      if u else "(as cleanrl) | | ")  # fmt: skip
+            x_floor = f"{u['x_floor']:.2f} ({u['x_floor_range'][0]:.2f}-{u['x_floor_range'][1]:.2f})" if u else ""
+            update = f"{u['ms_per_step']:.2f} | {u['cpu_ms_per_step']:.2f} | {x_floor}" if u else "(as cleanrl) | | "
             first = f"{u['first_20_steps_s']:.2f}" if u else ""
             of_medians = loop["sps_median"] / r["loop"]["cleanrl"]["sps_median"]
             spread = f"{min(loop['vs_cleanrl']):.2f}-{max(loop['vs_cleanrl']):.2f}"
@@ -321,8 +325,9 @@ def write_report(results: dict, args: Args) -> None:
         lines.append(f"| {threads} | {f['cleanrl_gflop_per_step']:.3f} | {f['gemm_gflops_at_these_shapes']:.1f} | "
                      f"{f['floor_ms']:.2f} | {f['gemm_gflops_256_square']:.1f} |")  # fmt: skip
     lines += ["", "ms / gradient step: median over the interleaved repetitions of the micro benchmark (same batch, no env; "
-              "this process keeps freed memory in the heap, for CleanRL's update too). x floor: that time divided by the "
-              "floor at the same thread count. Policy steps/s: the training loop after the 5,000-step random pre-fill, "
+              "this process keeps freed memory in the heap, for CleanRL's update too). x floor: each repetition's time "
+              "divided by the compute floor measured just before it, median (min-max). Policy steps/s: the training loop "
+              "after the 5,000-step random pre-fill, "
               "median over the alternating repeats, each variant in its own process; vs CleanRL: median (min-max) of the "
               "ratios to the CleanRL loop of the same repeat; ratio of medians: the two medians divided. "
               "cleanrl: the CleanRL-equivalent loop with glibc's default "
