@@ -231,9 +231,16 @@ def setup_tracking(args, run_name: str, run_dir: str):
         # mirror the scalars only (save=False: copying event files into W&B's folder, inside run_dir, re-mirrors them);
         # patch() instead of sync_tensorboard=True avoids a ~10 s stall at finish()
         wandb.tensorboard.patch(root_logdir=run_dir, save=False)
-        run_id = hashlib.sha1(run_name.encode()).hexdigest()[:16]  # stable id: a resumed run continues its W&B run
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=config, name=run_name, id=run_id,
-                   resume="allow", dir=run_dir, save_code=True)  # fmt: skip
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            config=config,
+            name=run_name,
+            id=hashlib.sha1(run_name.encode()).hexdigest()[:16],  # stable id: a resumed run continues its W&B run
+            resume="allow",
+            dir=run_dir,
+            save_code=True,
+        )
     writer = SummaryWriter(run_dir)
     table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
@@ -363,9 +370,12 @@ def load_states(modules: dict, shared: dict) -> None:
 def rng_state() -> dict:
     """Python, NumPy and torch global RNG states in a form `torch.load(weights_only=True)` accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
-    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(), "cuda": cuda}
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict) -> None:
