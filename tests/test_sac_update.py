@@ -184,18 +184,25 @@ def test_bf16_hidden_layers_stay_close_to_float32():
         assert (b - a).norm() <= 0.1 * a.norm() + 1e-6  # measured: at most 5% (the critics' first layer)
 
 
-def test_actor_initialises_as_cleanrl_and_leaves_the_rng_where_cleanrl_does():
-    """fc_mean_logstd holds CleanRL's fc_mean and fc_logstd, drawn in the same order, and building the actor consumes
-    exactly CleanRL's random numbers, so the critics built after it get CleanRL's weights for the same seed."""
+def test_networks_initialise_as_cleanrl_for_the_same_seed():
+    """fc_mean_logstd holds CleanRL's fc_mean and fc_logstd, drawn in the same order; building the actor consumes exactly
+    CleanRL's random numbers, and TwinQ draws qf1's layers, then qf2's: the same weights as CleanRL for the same seed."""
     torch.manual_seed(5)
     actor = sac.Actor(OBS, ACT, -np.ones(ACT), np.ones(ACT))
     after_actor = torch.get_rng_state()
+    qf = sac.TwinQ(OBS, ACT)
+    after_critics = torch.get_rng_state()
     torch.manual_seed(5)
     fc1, fc2, fc_mean, fc_logstd = nn.Linear(OBS, 256), nn.Linear(256, 256), nn.Linear(256, ACT), nn.Linear(256, ACT)
     assert torch.equal(torch.get_rng_state(), after_actor)
     assert torch.equal(actor.fc1.weight, fc1.weight) and torch.equal(actor.fc2.weight, fc2.weight)
     assert torch.equal(actor.fc_mean_logstd.weight, torch.cat([fc_mean.weight, fc_logstd.weight]))
     assert torch.equal(actor.fc_mean_logstd.bias, torch.cat([fc_mean.bias, fc_logstd.bias]))
+    qf1, qf2 = [[nn.Linear(OBS + ACT, 256), nn.Linear(256, 256), nn.Linear(256, 1)] for _ in range(2)]  # CleanRL's order
+    assert torch.equal(torch.get_rng_state(), after_critics)
+    for j in range(3):
+        for k, layer in enumerate((qf1[j], qf2[j])):
+            assert torch.equal(qf.weights[j][k], layer.weight.T) and torch.equal(qf.biases[j][k, 0], layer.bias)
 
 
 FAULTS = """
