@@ -4,11 +4,13 @@ checkpoint/resume, tracking, video, custom envs and bad input."""
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
-from conftest import command, ledger, run, scalars, script_env
+from conftest import ALGOS, command, ledger, run, scalars, script_env
 
 FAST = ["--env-id", "Pendulum-v1", "--per-rank-batch-size", "32", "--per-rank-buffer-size", "20000", "--no-cuda",
         "--eval-episodes", "0", "--log-every", "200"]  # fmt: skip
@@ -252,6 +254,20 @@ def test_bad_input_under_torchrun_stops_without_hang(workdir):
     assert "error: --num-envs: got 0; it must be at least 1" in proc.stderr
     resume = run("sac.py", FAST + ["--resume", "yes"], workdir, nproc=2, timeout=90, torchrun_args=("--max-restarts=1",))
     assert resume.returncode != 0 and "`--resume yes` needs `--run-name NAME`" in resume.stderr
+    assert not (workdir / "runs").exists()
+
+
+def test_resume_auto_refuses_torchruns_shared_run_id(workdir):
+    """Without --standalone or --rdzv-id every torchrun launch has the run id 'none': a restarted worker could continue
+    another launch's run, so `--resume auto` without --run-name is refused there (with --standalone it works: see
+    test_torchrun_max_restarts_resume_auto_after_a_killed_worker)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--master-port={port}", "--max-restarts=1"]
+    cmd = [*torchrun, "--nproc_per_node=1", str(ALGOS / "sac.py"), *FAST, "--resume", "auto"]
+    proc = subprocess.run(cmd, cwd=workdir, env=script_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "error: --resume: a restarted worker finds its run by torchrun's run id" in proc.stderr
     assert not (workdir / "runs").exists()
 
 

@@ -103,7 +103,7 @@ def check_env_id(env_id: str) -> tuple:
 # ---------------------------------------------------------------- processes (torchrun)
 def keep_freed_memory() -> None:
     """Keep freed blocks in glibc's heap (elsewhere a no-op): by default each large temporary of an update is mapped
-    afresh, about 250 page faults per SAC gradient step, 1.06-1.23x slower (benchmarks/results/speed/NOTES.md).
+    afresh, about 250 page faults per SAC gradient step (its cost: benchmarks/results/speed/NOTES.md, run E).
     Up to 1 GiB of freed memory per process stays reserved; MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ are overridden."""
     if platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(None)
@@ -273,6 +273,10 @@ def check_run_dir(run_name: str | None, resume: str) -> None:
     if run_name is None:
         if resume == "yes" or (resume == "auto" and "TORCHELASTIC_RUN_ID" not in os.environ):  # torchrun's marker finds it
             fail("--resume", f"`--resume {resume}` needs `--run-name NAME` to know which run to continue")
+        restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0"
+        if resume == "auto" and restarts and os.environ.get("TORCHELASTIC_RUN_ID") == "none":
+            fail("--resume", "a restarted worker finds its run by torchrun's run id, which is 'none' for every launch without "
+                 "--standalone: add `--standalone` (one node) or a unique `--rdzv-id`, or give `--run-name NAME`")  # fmt: skip
         return
     if os.path.isabs(run_name) or ".." in run_name.split("/") or not run_name.strip("./"):
         fail("--run-name", f"{run_name!r} must be a plain name (it becomes runs/<name>/); no '..' or absolute paths")
