@@ -102,9 +102,8 @@ def check_env_id(env_id: str) -> tuple:
 
 # ---------------------------------------------------------------- processes (torchrun)
 def keep_freed_memory() -> None:
-    """Keep freed blocks in glibc's heap (elsewhere a no-op): by default each large temporary of an update is mapped
-    afresh, about 250 page faults per SAC gradient step (its cost: benchmarks/results/speed/NOTES.md, run E).
-    Up to 1 GiB of freed memory per process stays reserved; MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ are overridden."""
+    """Keep freed blocks in glibc's heap (else a no-op), not mapped afresh: ~250 fewer page faults per SAC gradient step
+    (speed/NOTES.md). Up to 1 GiB freed per process stays reserved; MALLOC_MMAP/TRIM_THRESHOLD_ are overridden."""
     if platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks under 32 MB come from the heap (the buffers stay mapped)
@@ -181,11 +180,6 @@ def broadcast(obj, world_size: int):  # rank 0's `obj` on every rank
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier(world_size: int) -> None:
-    if world_size > 1:
-        dist.barrier()
 
 
 def seed_everything(seed: int, torch_deterministic: bool) -> None:
@@ -271,10 +265,10 @@ def check_tracking(track: bool) -> None:
 def check_run_dir(run_name: str | None, resume: str) -> None:
     """Exit 2 when `--run-name` escapes runs/ or reuses a run it cannot continue, or a resume has no run to look in."""
     if run_name is None:
-        if resume == "yes" or (resume == "auto" and "TORCHELASTIC_RUN_ID" not in os.environ):  # torchrun's marker finds it
+        elastic_id = os.environ.get("TORCHELASTIC_RUN_ID")
+        if resume == "yes" or (resume == "auto" and elastic_id is None):  # under torchrun its run id marker finds the run
             fail("--resume", f"`--resume {resume}` needs `--run-name NAME` to know which run to continue")
-        restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0"
-        if resume == "auto" and restarts and os.environ.get("TORCHELASTIC_RUN_ID") == "none":
+        if resume == "auto" and elastic_id == "none" and os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0":
             fail("--resume", "a restarted worker finds its run by torchrun's run id, which is 'none' for every launch without "
                  "--standalone: add `--standalone` (one node) or a unique `--rdzv-id`, or give `--run-name NAME`")  # fmt: skip
         return
@@ -334,14 +328,16 @@ def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, 
     for name, state in files.items():
         torch.save(state, os.path.join(tmp, name + ".part"))
         os.replace(os.path.join(tmp, name + ".part"), os.path.join(tmp, name))
-    barrier(world_size)
+    if world_size > 1:  # every rank's file is written
+        dist.barrier()
     if rank == 0:
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    barrier(world_size)
+    if world_size > 1:
+        dist.barrier()
     return final
 
 
