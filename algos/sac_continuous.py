@@ -126,7 +126,7 @@ class Args:
     target_network_frequency: int = 1
     """gradient steps between target network updates"""
     alpha: float = 0.2
-    """entropy regularization coefficient (used when not autotuned; autotuning starts at 1.0, as CleanRL)"""
+    """entropy regularization coefficient, 0 or more (used with --no-autotune; autotuning starts at 1.0, as CleanRL)"""
     autotune: bool = True
     """automatic tuning of the entropy coefficient towards target entropy -|A|"""
 
@@ -471,9 +471,11 @@ def validate(args: Args) -> None:
     for flag, value in [("--gamma", args.gamma), ("--tau", args.tau)]:
         if not 0 < value <= 1:
             fail(flag, f"got {value}; it must be in (0, 1]")
-    for flag, value in [("--policy-lr", args.policy_lr), ("--q-lr", args.q_lr), ("--alpha", args.alpha)]:
+    for flag, value in [("--policy-lr", args.policy_lr), ("--q-lr", args.q_lr)]:
         if not 0 < value < math.inf:
             fail(flag, f"got {value}; it must be positive and finite")
+    if not 0 <= args.alpha < math.inf:
+        fail("--alpha", f"got {args.alpha}; it must be 0 or more, and finite")
     P = args.world_size * args.num_envs
     if args.total_steps < P:
         fail(
@@ -581,7 +583,7 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed + rank)
     q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, fused=True)  # fused: one kernel for all tensors
     target_entropy = -float(act_dim)
-    log_alpha = torch.tensor(0.0 if args.autotune else math.log(args.alpha), device=device, requires_grad=True)
+    log_alpha = torch.tensor(0.0, device=device, requires_grad=True)  # alpha 1 at the start; unused with --no-autotune
     # the actor and the temperature (CleanRL's q_lr) share one Adam as two parameter groups: one step call per actor
     # update; without --autotune log_alpha never gets a gradient, and Adam skips it
     actor_optimizer = torch.optim.Adam(

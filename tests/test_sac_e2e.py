@@ -2,6 +2,7 @@
 checkpoint/resume, tracking, video, custom envs and bad input."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -84,6 +85,16 @@ def test_torchrun_worked_case_4_one_warning(workdir):
     led = ledger(workdir)
     assert (led["plan"]["iterations"], led["actual"]["policy_steps"]) == (125, 1000)
     assert proc.stderr.count("warning: --total-steps 1001 is not a multiple of 8") == 1
+
+
+def test_fixed_alpha_without_autotune_zero_included(workdir):
+    for alpha in ("0.05", "0"):
+        ok(run("sac.py", FAST + ["--total-steps", "300", "--learning-starts", "100", "--log-every", "100", "--no-autotune",
+                                 "--alpha", alpha, "--run-name", alpha], workdir))  # fmt: skip
+        logged = scalars(workdir / "runs" / alpha)
+        assert [v for _, v in logged["losses/alpha"]] == pytest.approx([float(alpha)] * 2)
+        assert "losses/alpha_loss" not in logged
+        assert all(math.isfinite(v) for _, v in logged["losses/actor_loss"] + logged["losses/qf_loss"])
 
 
 def test_same_seed_same_losses_and_other_seed_differs(workdir):
