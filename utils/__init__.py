@@ -1,6 +1,7 @@
 """steprl.utils: plumbing the scripts share (CLI types, bad input, processes, runs, tracking, checkpoints); no
 algorithm. Installed as `steprl.utils` (from ./utils) so it never collides with another project's `utils`."""
 
+import contextlib
 import ctypes
 import difflib
 import hashlib
@@ -201,9 +202,13 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
             dirs = [d for d in os.listdir(runs_root) if d.startswith(prefix + "__")] if os.path.isdir(runs_root) else []
             run_name = next((d for d in dirs if os.path.exists(marker(d)) and open(marker(d)).read() == elastic_id), None)
         if run_name is None:
-            run_name = f"{prefix}__{int(time.time())}"
+            os.makedirs(runs_root, exist_ok=True)
+            stamp = f"{prefix}__{int(time.time())}"
+            for run_name in [stamp] + [f"{stamp}-{n}" for n in range(2, 1000)]:  # another run of the same second: -2, -3 ...
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(os.path.join(runs_root, run_name))  # atomic: two processes never get the same directory
+                    break
             if elastic_id is not None:
-                os.makedirs(os.path.join(runs_root, run_name), exist_ok=True)
                 with open(os.path.join(runs_root, run_name, "torchelastic_run_id"), "w") as f:
                     f.write(elastic_id)
     return broadcast(run_name, world_size)
