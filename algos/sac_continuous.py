@@ -464,6 +464,8 @@ def validate(args: Args) -> None:
     ]:
         if value < low:
             fail(flag, f"got {value}; it must be at least {low}")
+    if args.seed >= 2**31:
+        fail("--seed", f"got {args.seed}; it must be below 2**31 (NumPy's seeds are 32-bit, and each rank adds its rank)")
     if args.max_episode_steps is not None and args.max_episode_steps < 1:
         fail("--max-episode-steps", f"got {args.max_episode_steps}; give a positive number of policy steps, or omit it")
     if args.replay_ratio < 0:

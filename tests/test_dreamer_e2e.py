@@ -191,6 +191,7 @@ BAD = [
     (["--resume", "yes"], "--run-name"),
     (["--resume", "auto"], "`--resume auto` needs `--run-name NAME`"),
     (["--seed", "-3"], "--seed: got -3"),
+    (["--seed", "4294967296"], "--seed: got 4294967296; it must be below 2**31"),
     (["--agc", "nan"], "--agc: got nan; it must be finite and at least 0"),
     (["--capture-video"], "--capture-video: records real vs. imagined frames of image observations; CartPole-v1 has none"),
     (["--env-id", "steprl_testenvs:MissingExtra-v0"], "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled"),

@@ -241,6 +241,7 @@ BAD = [
     (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: a full replay takes"),
     (["--per-rank-buffer-size", "3", "--num-envs", "4"], "--per-rank-buffer-size: got 3; it must be at least 4"),
     (["--seed", "-1"], "--seed: got -1"),
+    (["--seed", "4294967296"], "--seed: got 4294967296; it must be below 2**31"),
     (
         ["--env-id", "steprl_testenvs:NoRender-v0", "--capture-video", "--eval-episodes", "1"],
         "--capture-video: cannot render steprl_testenvs:NoRender-v0 as rgb_array (DependencyNotInstalled",
