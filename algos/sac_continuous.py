@@ -28,6 +28,7 @@ from steprl.utils import (
     all_sum,
     broadcast,
     check_env_id,
+    check_env_output,
     check_replay_fits,
     check_resume_args,
     check_run_dir,
@@ -706,6 +707,7 @@ if __name__ == "__main__":
         real_next_obs = next_obs.copy()
         if done.any():
             real_next_obs[done] = np.stack(infos["final_obs"][done])
+        check_env_output(args.env_id, [next_obs, real_next_obs, rewards], policy_step, rank)
         rb.add(obs, real_next_obs, actions, rewards, terminations)
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook

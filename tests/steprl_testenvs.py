@@ -73,3 +73,13 @@ class EndlessEnv(CountdownEnv):
 
 
 gym.register("Endless-v0", entry_point=EndlessEnv)
+
+
+class NanAtEnv(CountdownEnv):
+    """Countdown whose observations turn NaN at its 60th env step (a simulator that blew up)."""
+
+    def _obs(self):
+        return super()._obs() * (np.nan if self.t >= 60 else 1.0)
+
+
+gym.register("NanAt-v0", entry_point=NanAtEnv)

@@ -221,6 +221,14 @@ def test_existing_run_name_is_not_overwritten(workdir):
     assert (workdir / "runs" / "taken" / "steps.json").read_text() == "{}"
 
 
+def test_nan_from_the_env_stops_with_one_line(workdir):
+    args = FAST + ["--env-id", "steprl_testenvs:NanAt-v0", "--total-steps", "200", "--learning-starts", "16"]
+    proc = run("dreamer.py", args, workdir, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    message = "error: --env-id: steprl_testenvs:NanAt-v0 returned a non-finite observation or reward at policy step 60 "
+    assert message in proc.stderr
+
+
 def test_bad_input_under_torchrun_stops_without_hang(workdir):
     proc = run("dreamer.py", FAST + ["--learning-starts", "8"], workdir, nproc=2, timeout=90)
     assert proc.returncode != 0

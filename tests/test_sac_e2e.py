@@ -260,6 +260,16 @@ def test_bad_input_exits_2_with_message(workdir, bad, message):
     assert not (workdir / "runs").exists()
 
 
+def test_nan_from_the_env_stops_with_one_line_on_every_rank(workdir):
+    args = FAST + ["--env-id", "steprl_testenvs:NanAt-v0", "--total-steps", "400", "--learning-starts", "10"]
+    proc = run("sac.py", args, workdir, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    message = "error: --env-id: steprl_testenvs:NanAt-v0 returned a non-finite observation or reward at policy step"
+    assert f"{message} 60 (rank 0)" in proc.stderr
+    proc = run("sac.py", args, workdir, nproc=2, timeout=90)  # each rank's env breaks at its 60th step: global step 120
+    assert proc.returncode != 0 and f"{message} 120 (rank " in proc.stderr
+
+
 def test_bad_input_under_torchrun_stops_without_hang(workdir):
     proc = run("sac.py", FAST + ["--num-envs", "0"], workdir, nproc=2, timeout=90)
     assert proc.returncode != 0

@@ -298,6 +298,14 @@ def check_replay_fits(capacity: int, step_bytes: int) -> None:
              f"{ram / 2**30:.0f} GiB of RAM); use at most {fits}")  # fmt: skip
 
 
+def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int) -> None:
+    """Exit 1 at the first NaN or inf an env returns (an observation or a reward): it would silently poison the networks."""
+    if not all(np.isfinite(a).all() for a in arrays):
+        print(f"error: --env-id: {env_id} returned a non-finite observation or reward at policy step {policy_step} (rank "
+              f"{rank}); fix the env, or wrap it to replace NaN and inf", file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(1)
+
+
 def interrupt_cleanly() -> None:
     """Ctrl-C, or SIGTERM outside torchrun (a scheduler): one line and exit 128 + signal number, not a traceback or
     silence. torchrun's workers keep SIGTERM's default, so they die at once even when blocked in a collective."""
