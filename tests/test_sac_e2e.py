@@ -4,6 +4,7 @@ checkpoint/resume, tracking, video, custom envs and bad input."""
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -204,6 +205,20 @@ def test_track_offline_writes_a_wandb_run(workdir):
     assert any(p.name.startswith("offline-run-") for p in wandb_dir.iterdir())
     # W&B mirrors the scalars without copying the event file into its folder (copies were re-mirrored, duplicating points)
     assert len(list((workdir / "runs" / "w").rglob("events.out.tfevents*"))) == 1
+
+
+def test_track_resume_continues_the_wandb_run_and_a_new_run_never_joins_it(workdir):
+    env = script_env() | {"WANDB_MODE": "offline"}
+    args = FAST + ["--learning-starts", "100", "--track", "--run-name", "w", "--checkpoint-every", "200"]
+    ids = []
+    for extra in (["--total-steps", "200"], ["--total-steps", "300", "--resume", "yes"], "fresh", ["--total-steps", "200"]):
+        if extra == "fresh":  # the run deleted, its name used again
+            shutil.rmtree(workdir / "runs" / "w")
+            continue
+        ok(run("sac.py", args + extra, workdir, env=env))
+        ids.append({p.name.rsplit("-", 1)[1] for p in (workdir / "runs" / "w" / "wandb").glob("offline-run-*")})
+    assert len(ids[0]) == 1 and ids[1] == ids[0]  # the resume wrote to the same W&B run
+    assert len(ids[2]) == 1 and ids[2] != ids[0]
 
 
 def test_custom_env_module_syntax_eval_and_video(workdir):

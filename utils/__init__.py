@@ -4,7 +4,6 @@ algorithm. Installed as `steprl.utils` (from ./utils) so it never collides with 
 import contextlib
 import ctypes
 import difflib
-import hashlib
 import importlib
 import math
 import os
@@ -230,12 +229,17 @@ def setup_tracking(args, run_name: str, run_dir: str):
         # mirror the scalars only (save=False: copying event files into W&B's folder, inside run_dir, re-mirrors them);
         # patch() instead of sync_tensorboard=True avoids a ~10 s stall at finish()
         wandb.tensorboard.patch(root_logdir=run_dir, save=False)
+        id_file = os.path.join(run_dir, "wandb_run_id")  # a resumed run continues its W&B run; a new one never joins one
+        if not os.path.exists(id_file):
+            os.makedirs(run_dir, exist_ok=True)
+            with open(id_file, "w") as f:
+                f.write(os.urandom(8).hex())
         wandb.init(
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             config=config,
             name=run_name,
-            id=hashlib.sha1(run_name.encode()).hexdigest()[:16],  # stable id: a resumed run continues its W&B run
+            id=open(id_file).read(),
             resume="allow",
             dir=run_dir,
             save_code=True,
