@@ -1009,6 +1009,7 @@ if __name__ == "__main__":
                 )
         elif args.resume == "yes":
             fail("--resume", f"no checkpoint in {ckpt_dir}; use `--resume auto` to start fresh when there is none")
+    writer = None  # rank 0's TensorBoard writer
     if rank == 0:
         if args.total_steps % P:
             warn(
@@ -1085,6 +1086,7 @@ if __name__ == "__main__":
         del checkpoint, shared, local
     else:
         obs, _ = envs.reset(seed=[args.seed + rank * m + i for i in range(m)])
+    check_env_output(args.env_id, list(obs.values()), start_iteration * P, rank, writer)
     for i in range(m):
         add_reset_obs(i, obs)
     local_starts += m
@@ -1280,7 +1282,7 @@ if __name__ == "__main__":
         # TRY NOT TO MODIFY: store one step per policy step; with same-step autoreset an ended episode's last obs is
         # in `final_obs` and the returned obs starts the next episode (stored as an extra is_first step)
         finals = [v for i in np.flatnonzero(done) for v in infos["final_obs"][i].values()]
-        check_env_output(args.env_id, [rewards, *next_obs.values(), *finals], policy_step, rank)
+        check_env_output(args.env_id, [rewards, *next_obs.values(), *finals], policy_step, rank, writer)
         for i in range(m):
             final = infos["final_obs"][i] if done[i] else {k: v[i] for k, v in next_obs.items()}
             rb.add(i, final | {"action": actions[i], "reward": rewards[i], "is_last": done[i], "is_terminal": terminations[i]})

@@ -556,6 +556,7 @@ if __name__ == "__main__":
                 fail("--total-steps", f"{checkpoint_path} is past {plan['policy_steps']} policy steps; give a larger budget")
         elif args.resume == "yes":
             fail("--resume", f"no checkpoint in {ckpt_dir}; use `--resume auto` to start fresh when there is none")
+    writer = None  # rank 0's TensorBoard writer
     if rank == 0:
         if args.total_steps % P:
             warn(
@@ -620,6 +621,7 @@ if __name__ == "__main__":
         del checkpoint, shared, local
     else:
         obs, _ = envs.reset(seed=[args.seed + rank * m + i for i in range(m)])
+    check_env_output(args.env_id, [obs], start_iteration * P, rank, writer)
     alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
     actor_params, qf_params, qf_target_params = list(actor.parameters()), list(qf.parameters()), list(qf_target.parameters())
     if args.compile:
@@ -707,7 +709,7 @@ if __name__ == "__main__":
         real_next_obs = next_obs.copy()
         if done.any():
             real_next_obs[done] = np.stack(infos["final_obs"][done])
-        check_env_output(args.env_id, [next_obs, real_next_obs, rewards], policy_step, rank)
+        check_env_output(args.env_id, [next_obs, real_next_obs, rewards], policy_step, rank, writer)
         rb.add(obs, real_next_obs, actions, rewards, terminations)
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook

@@ -191,7 +191,7 @@ BAD = [
     (["--resume", "yes"], "--run-name"),
     (["--resume", "auto"], "`--resume auto` needs `--run-name NAME`"),
     (["--seed", "-3"], "--seed: got -3"),
-    (["--seed", "4294967296"], "--seed: got 4294967296; it must be below 2**31"),
+    (["--seed", "2147483648"], "--seed: got 2147483648; it must be below 2**31"),
     (["--agc", "nan"], "--agc: got nan; it must be finite and at least 0"),
     (["--capture-video"], "--capture-video: records real vs. imagined frames of image observations; CartPole-v1 has none"),
     (["--env-id", "steprl_testenvs:MissingExtra-v0"], "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled"),
@@ -221,11 +221,12 @@ def test_existing_run_name_is_not_overwritten(workdir):
     assert (workdir / "runs" / "taken" / "steps.json").read_text() == "{}"
 
 
-def test_nan_from_the_env_stops_with_one_line(workdir):
-    args = FAST + ["--env-id", "steprl_testenvs:NanAt-v0", "--total-steps", "200", "--learning-starts", "16"]
+@pytest.mark.parametrize("env_id,step", [("NanAt-v0", 60), ("NanFinal-v0", 60), ("NanReset-v0", 0)])
+def test_nan_from_the_env_stops_with_one_line(workdir, env_id, step):  # after a step, at an episode's end, at the reset
+    args = FAST + ["--env-id", f"steprl_testenvs:{env_id}", "--total-steps", "200", "--learning-starts", "16"]
     proc = run("dreamer.py", args, workdir, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    message = "error: --env-id: steprl_testenvs:NanAt-v0 returned a non-finite observation or reward at policy step 60 "
+    message = f"error: --env-id: steprl_testenvs:{env_id} returned a non-finite observation or reward at policy step {step} "
     assert message in proc.stderr
 
 

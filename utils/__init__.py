@@ -5,6 +5,7 @@ import contextlib
 import ctypes
 import difflib
 import importlib
+import itertools
 import math
 import os
 import platform
@@ -203,7 +204,7 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
         if run_name is None:
             os.makedirs(runs_root, exist_ok=True)
             stamp = f"{prefix}__{int(time.time())}"
-            for run_name in [stamp] + [f"{stamp}-{n}" for n in range(2, 1000)]:  # another run of the same second: -2, -3 ...
+            for run_name in itertools.chain([stamp], (f"{stamp}-{n}" for n in itertools.count(2))):  # same second: -2, -3 ...
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(os.path.join(runs_root, run_name))  # atomic: two processes never get the same directory
                     break
@@ -229,17 +230,19 @@ def setup_tracking(args, run_name: str, run_dir: str):
         # mirror the scalars only (save=False: copying event files into W&B's folder, inside run_dir, re-mirrors them);
         # patch() instead of sync_tensorboard=True avoids a ~10 s stall at finish()
         wandb.tensorboard.patch(root_logdir=run_dir, save=False)
-        id_file = os.path.join(run_dir, "wandb_run_id")  # a resumed run continues its W&B run; a new one never joins one
-        if not os.path.exists(id_file):
+        id_file = os.path.join(run_dir, "wandb_run_id")  # id and run name: a resume continues its W&B run, nothing else
+        saved = open(id_file).read().split("\n") if os.path.exists(id_file) else []
+        if saved[1:] != [run_name]:  # a new run, or a copy of another run's directory: a W&B run of its own
+            saved = [os.urandom(8).hex(), run_name]
             os.makedirs(run_dir, exist_ok=True)
             with open(id_file, "w") as f:
-                f.write(os.urandom(8).hex())
+                f.write("\n".join(saved))
         wandb.init(
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             config=config,
             name=run_name,
-            id=open(id_file).read(),
+            id=saved[0],
             resume="allow",
             dir=run_dir,
             save_code=True,
@@ -302,11 +305,14 @@ def check_replay_fits(capacity: int, step_bytes: int) -> None:
              f"{ram / 2**30:.0f} GiB of RAM); use at most {fits}")  # fmt: skip
 
 
-def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int) -> None:
-    """Exit 1 at the first NaN or inf an env returns (an observation or a reward): it would silently poison the networks."""
+def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int, writer) -> None:
+    """Exit 1 at the first NaN or inf an env returns (an observation or a reward): it would silently poison the networks.
+    `writer` (rank 0's, else None) is closed first, so no logged scalar is lost."""
     if not all(np.isfinite(a).all() for a in arrays):
         print(f"error: --env-id: {env_id} returned a non-finite observation or reward at policy step {policy_step} (rank "
               f"{rank}); fix the env, or wrap it to replace NaN and inf", file=sys.stderr, flush=True)  # fmt: skip
+        if writer is not None:
+            writer.close()
         os._exit(1)
 
 
