@@ -35,6 +35,7 @@ from steprl.utils import (
     check_tracking,
     close_tracking,
     config_dict,
+    exit_if_complete,
     fail,
     interrupt_cleanly,
     list_checkpoints,
@@ -554,6 +555,8 @@ if __name__ == "__main__":
             check_resume_args(checkpoint[0]["args"], args, RESUME_FLAGS)
             if checkpoint[0]["iteration"] > N:
                 fail("--total-steps", f"{checkpoint_path} is past {plan['policy_steps']} policy steps; give a larger budget")
+            if checkpoint[0]["iteration"] == N:  # a finished run: done if its ledger (and evaluation) was written
+                exit_if_complete(run_dir, plan["policy_steps"], args.eval_episodes > 0, world_size)
         elif args.resume == "yes":
             fail("--resume", f"no checkpoint in {ckpt_dir}; use `--resume auto` to start fresh when there is none")
     writer = None  # rank 0's TensorBoard writer

@@ -197,6 +197,19 @@ def test_torchrun_restart_with_resume_no_starts_a_new_run_directory(workdir):
     check_ledger_equals_plan(json.loads((second / "steps.json").read_text()))
 
 
+def test_resuming_a_finished_run_only_adds_a_missing_evaluation(workdir):
+    args = FAST + ["--total-steps", "300", "--learning-starts", "100", "--checkpoint-every", "300", "--run-name", "f"]
+    run_dir = workdir / "runs" / "f"
+    ok(run("sac.py", args, workdir))  # no evaluation (FAST)
+    ok(run("sac.py", args + ["--resume", "yes", "--eval-episodes", "1"], workdir))  # the evaluation is missing: run it
+    led, events = ledger(workdir, "f"), sorted(run_dir.glob("events.out*"))
+    assert led["eval"]["episodes"] == 1 and led["actual"]["policy_steps"] == 300
+    again = ok(run("sac.py", args + ["--resume", "yes", "--eval-episodes", "1"], workdir))  # e.g. a torchrun restart
+    assert f"{os.path.join('runs', 'f')} is complete" in again.stdout
+    assert sorted(run_dir.glob("events.out*")) == events and ledger(workdir, "f") == led  # nothing logged or rewritten
+    assert len(scalars(run_dir, "eval/")["eval/episodic_return"]) == 1
+
+
 def test_track_offline_writes_a_wandb_run(workdir):
     env = script_env() | {"WANDB_MODE": "offline"}
     ok(run("sac.py", FAST + ["--total-steps", "200", "--learning-starts", "100", "--track", "--run-name", "w"], workdir,

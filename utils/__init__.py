@@ -6,6 +6,7 @@ import ctypes
 import difflib
 import importlib
 import itertools
+import json
 import math
 import os
 import platform
@@ -370,6 +371,19 @@ def list_checkpoints(root: str) -> list[str]:
         return []
     names = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))
     return [os.path.join(root, d) for d in names if os.path.exists(os.path.join(root, d, "shared.pt"))]
+
+
+def exit_if_complete(run_dir: str, policy_steps: int, evaluate: bool, world_size: int) -> None:
+    """Exit 0 when rank 0's steps.json holds a run of `policy_steps` and, if `evaluate`, its evaluation: a resume from the
+    final checkpoint (e.g. a torchrun restart after the run ended) has nothing left to do."""
+    path = os.path.join(run_dir, "steps.json")
+    ledger = json.load(open(path)) if is_main_process() and os.path.exists(path) else {}
+    done = ledger.get("plan", {}).get("policy_steps") == policy_steps and (not evaluate or "eval" in ledger)
+    if broadcast(done, world_size):
+        if is_main_process():
+            print(f"{run_dir} is complete (its steps.json holds all {policy_steps} policy steps and any evaluation asked "
+                  "for): nothing to do; a larger --total-steps extends it", flush=True)  # fmt: skip
+        teardown(0)
 
 
 def load_checkpoint(path: str, rank: int, world_size: int) -> tuple[dict, dict]:
