@@ -328,17 +328,25 @@ def test_resume_auto_refuses_torchruns_shared_run_id(workdir):
     assert not (workdir / "runs").exists()
 
 
-def test_sigterm_stops_with_the_resume_hint(workdir):
-    args = FAST + ["--total-steps", "1e6", "--run-name", "t", "--async-envs", "--num-envs", "2"]
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_sigterm_stops_with_the_resume_hint(workdir, checkpoint):
+    args = FAST + ["--total-steps", "1e6", "--async-envs", "--num-envs", "2"] + (["--checkpoint-every", "200"] * checkpoint)
     proc = subprocess.Popen(command("sac.py", args), cwd=workdir, env=script_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    wait_for(lambda: (workdir / "runs" / "t").exists(), 60, proc)
-    time.sleep(2)
+    done = "*/checkpoints/step_*[0-9]/shared.pt" if checkpoint else "*/events.out*"  # a finished checkpoint, not a .tmp
+    wait_for(lambda: list((workdir / "runs").glob(done)), 60, proc)
+    time.sleep(1)
     os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler does: the env worker processes get it too
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert err.count("SIGTERM: stopped; continue from the newest checkpoint (if any) with the same flags") == 1
-    assert "Traceback" not in err
+    assert "Traceback" not in err and err.count("warning: SIGTERM: stopped;") == 1
+    if checkpoint:  # the newest checkpoint and the generated run name
+        (run_dir,) = (workdir / "runs").iterdir()
+        newest = sorted(p.parent for p in (run_dir / "checkpoints").glob("step_*[0-9]/shared.pt"))[-1]
+        hint = f"continue from {os.path.join('runs', run_dir.name, 'checkpoints', newest.name)} with the same flags and "
+        assert f"{hint}`--run-name {run_dir.name} --resume yes`" in err
+    else:
+        assert "no checkpoint was written, so it cannot resume (--checkpoint-every N writes them)" in err
 
 
 def test_env_without_time_limit_evaluation_stops_at_the_cap(workdir):

@@ -192,6 +192,9 @@ def seed_everything(seed: int, torch_deterministic: bool) -> None:
 
 
 # ---------------------------------------------------------------- runs, tracking
+RUN_DIR: list[str] = []  # this process's run directory, once resolve_run_name has chosen it
+
+
 def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_size: int, resume: str) -> str:
     """The run directory's name, the same on every rank: `{prefix}__{timestamp}` ('/' and ':' as '-'), or, for a worker
     restarted by `torchrun --max-restarts` that may resume, its first attempt's run (with `--resume no`, a new one)."""
@@ -212,7 +215,9 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
             if elastic_id is not None:
                 with open(os.path.join(runs_root, run_name, "torchelastic_run_id"), "w") as f:
                     f.write(elastic_id)
-    return broadcast(run_name, world_size)
+    run_name = broadcast(run_name, world_size)
+    RUN_DIR[:] = [os.path.join(runs_root, run_name)]  # for the interrupt hint
+    return run_name
 
 
 def config_dict(args) -> dict:
@@ -325,8 +330,11 @@ def interrupt_cleanly() -> None:
 
     def handler(signum, frame):  # --async-envs workers inherit it: only the main process speaks
         if os.getpid() == main_pid:
-            warn(f"{signal.Signals(signum).name}: stopped; continue from the newest checkpoint (if any) with the same flags, "
-                 "this run's --run-name and `--resume yes`")  # fmt: skip
+            found = list_checkpoints(os.path.join(RUN_DIR[0], "checkpoints")) if RUN_DIR else []
+            name = os.path.basename(RUN_DIR[0]) if RUN_DIR else ""
+            hint = (f"continue from {found[-1]} with the same flags and `--run-name {name} --resume yes`" if found
+                    else "no checkpoint was written, so it cannot resume (--checkpoint-every N writes them)")  # fmt: skip
+            warn(f"{signal.Signals(signum).name}: stopped; {hint}")
         os._exit(128 + signum)
 
     for signum in (signal.SIGINT,) if "TORCHELASTIC_RUN_ID" in os.environ else (signal.SIGINT, signal.SIGTERM):
