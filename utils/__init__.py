@@ -104,8 +104,9 @@ def check_env_id(env_id: str) -> tuple:
 
 # ---------------------------------------------------------------- processes (torchrun)
 def keep_freed_memory() -> None:
-    """Keep freed blocks in glibc's heap (else a no-op), not mapped afresh: ~250 fewer page faults per SAC gradient step
-    (speed/NOTES.md). Up to 1 GiB freed per process stays reserved; MALLOC_MMAP/TRIM_THRESHOLD_ are overridden."""
+    """Keep freed blocks in glibc's heap (elsewhere a no-op): by default each large temporary of an update is mapped
+    afresh, about 250 page faults per SAC gradient step (their cost: benchmarks/results/speed/NOTES.md, run E).
+    Up to 1 GiB of freed memory per process stays reserved; MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ are overridden."""
     if platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks under 32 MB come from the heap (the buffers stay mapped)
