@@ -529,7 +529,7 @@ def total_loss(losses: dict[str, torch.Tensor], scales: dict[str, float]) -> tor
 def lambda_return(rewards, continues, values, gamma, lam) -> torch.Tensor:
     """R_t = r_t + gamma c_t ((1 - lam_t) v_{t+1} + lam_t R_{t+1}), R_H = v_H. rewards, continues: [B, H] (step t's
     reward and continue flag); values: [B, H + 1]; lam: a float or [B, H]. Returns [B, H]."""
-    lam = torch.as_tensor(lam, dtype=values.dtype).expand_as(rewards)
+    lam = torch.as_tensor(lam, dtype=values.dtype, device=values.device).expand_as(rewards)
     last, out = values[:, -1], []
     for t in reversed(range(rewards.shape[1])):
         last = rewards[:, t] + gamma * continues[:, t] * ((1 - lam[:, t]) * values[:, t + 1] + lam[:, t] * last)

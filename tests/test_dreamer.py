@@ -106,6 +106,14 @@ def test_lambda_returns_by_hand():
     assert ret[0].tolist() == pytest.approx([1.45, 0.0, 4.7])
 
 
+def test_lambda_returns_stay_on_the_values_device():
+    """A float lam (the actor-critic's --lam) must be made on the values' device: a CPU [B, H] tensor mixed with CUDA
+    ones fails. The `meta` device stands in for a GPU here (it refuses CPU tensors the same way)."""
+    values, rewards = torch.zeros(2, 4, device="meta"), torch.zeros(2, 3, device="meta")
+    ret = D.lambda_return(rewards, torch.ones(2, 3, device="meta"), values, 0.9, 0.5)
+    assert ret.device.type == "meta" and ret.shape == (2, 3)
+
+
 def test_continue_target():
     t = D.continue_target(torch.tensor([False, True]), 333)
     assert t.tolist() == pytest.approx([1 - 1 / 333, 0.0])
