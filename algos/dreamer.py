@@ -39,8 +39,8 @@ from steprl.utils import (
     config_dict,
     exit_if_complete,
     fail,
+    find_checkpoint,
     interrupt_cleanly,
-    list_checkpoints,
     load_checkpoint,
     load_states,
     resolve_run_name,
@@ -995,9 +995,8 @@ if __name__ == "__main__":
     run_dir, ckpt_dir = os.path.join("runs", run_name), os.path.join("runs", run_name, "checkpoints")
     checkpoint = None
     if args.resume != "no":
-        found = list_checkpoints(ckpt_dir)
-        if found:
-            checkpoint_path = found[-1]
+        checkpoint_path = find_checkpoint(ckpt_dir, world_size)  # rank 0's choice
+        if checkpoint_path:
             checkpoint = load_checkpoint(checkpoint_path, rank, world_size)
             check_resume_args(checkpoint[0]["args"], args, RESUME_FLAGS)
             if checkpoint[0]["iteration"] > N:

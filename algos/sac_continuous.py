@@ -37,8 +37,8 @@ from steprl.utils import (
     config_dict,
     exit_if_complete,
     fail,
+    find_checkpoint,
     interrupt_cleanly,
-    list_checkpoints,
     load_checkpoint,
     load_states,
     resolve_run_name,
@@ -324,7 +324,8 @@ class ReplayBuffer:
         return [tuple(getattr(self, name).index_select(0, i) for name in self.fields) for i in idx]  # faster than [i]
 
     def state_dict(self) -> dict:
-        return {"pos": self.pos, "size": self.size} | {k: getattr(self, k)[: self.size].clone() for k in self.fields}
+        fields = {k: getattr(self, k)[: self.size].to("cpu", copy=True) for k in self.fields}  # copies: a slice saves it all
+        return {"pos": self.pos, "size": self.size} | fields
 
     def load_state_dict(self, state: dict) -> None:
         if state["size"] > self.capacity:
@@ -514,7 +515,8 @@ def validate(args: Args) -> None:
             f"SAC squashes actions with tanh and needs finite action bounds; {args.env_id} has {space}. "
             "Wrap the env with gymnasium.wrappers.ClipAction or RescaleAction",
         )
-    check_replay_fits(args.per_rank_buffer_size, 4 * (2 * gym.spaces.flatdim(obs_space) + space.shape[0] + 2))  # float32
+    step_bytes = 4 * (2 * gym.spaces.flatdim(obs_space) + space.shape[0] + 2)  # float32 obs, next_obs, action, reward, done
+    check_replay_fits(args.per_rank_buffer_size, step_bytes, args.cuda)  # on the GPU with --cuda
     if args.capture_video:  # render one frame now rather than fail after training
         try:
             env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, "rgb_array")()
@@ -548,9 +550,8 @@ if __name__ == "__main__":
     run_dir, ckpt_dir = os.path.join("runs", run_name), os.path.join("runs", run_name, "checkpoints")
     checkpoint = None
     if args.resume != "no":
-        found = list_checkpoints(ckpt_dir)
-        if found:
-            checkpoint_path = found[-1]
+        checkpoint_path = find_checkpoint(ckpt_dir, world_size)  # rank 0's choice
+        if checkpoint_path:
             checkpoint = load_checkpoint(checkpoint_path, rank, world_size)
             check_resume_args(checkpoint[0]["args"], args, RESUME_FLAGS)
             if checkpoint[0]["iteration"] > N:

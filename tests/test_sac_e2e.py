@@ -475,3 +475,14 @@ def test_resume_with_another_process_count_exits_2_on_every_rank(workdir):
     assert proc.returncode != 0
     assert "error: --resume: runs/one/checkpoints/step_000000000100 was written by 1 process(es)" in proc.stderr
     assert "FileNotFoundError" not in proc.stderr and "rank1.pt" not in proc.stderr
+
+
+def test_resume_with_a_rank_file_missing_exits_2_without_hang(workdir):
+    """Every rank checks its own file of rank 0's chosen checkpoint, and all ranks exit 2 together (on separate disks, or
+    after a deleted file, a lone rank would otherwise fail or start afresh while the others wait in a collective)."""
+    args = FAST + ["--total-steps", "100", "--learning-starts", "50", "--checkpoint-every", "100", "--run-name", "two"]
+    ok(run("sac.py", args, workdir, nproc=2, timeout=120))
+    os.remove(workdir / "runs/two/checkpoints/step_000000000100/rank1.pt")
+    proc = run("sac.py", args + ["--total-steps", "200", "--resume", "yes"], workdir, nproc=2, timeout=120)
+    assert proc.returncode != 0 and "FileNotFoundError" not in proc.stderr  # torchrun adds its own traceback
+    assert "error: --resume: runs/two/checkpoints/step_000000000100 lacks the file of rank(s) [1]" in proc.stderr

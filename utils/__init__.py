@@ -302,14 +302,18 @@ def check_run_dir(run_name: str | None, resume: str) -> None:
         fail("--resume", f"{run_dir} holds a run without a checkpoint to continue; choose another --run-name")
 
 
-def check_replay_fits(capacity: int, step_bytes: int) -> None:
-    """Exit 2 when full replays of `capacity` steps per rank would not fit in this machine's RAM (now, not as an
-    out-of-memory kill hours into the run)."""
-    ram, local = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+def check_replay_fits(capacity: int, step_bytes: int, cuda: bool = False) -> None:
+    """Exit 2 when full replays of `capacity` steps per rank would not fit in this machine's RAM, or with `cuda` in the
+    rank's free GPU memory (now, not as an out-of-memory kill hours into the run)."""
+    if cuda and torch.cuda.is_available():  # one rank per GPU
+        local, ram, where = 1, torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))[0], "free on its GPU"
+    else:
+        local, ram = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        where = f"of RAM on this machine, for {local} process(es)"
     gib, fits = capacity * step_bytes / 2**30, int(0.8 * ram / local / step_bytes)
     if capacity * step_bytes * local > 0.8 * ram:
-        fail("--per-rank-buffer-size", f"a full replay takes {gib:.1f} GiB per process ({local} on this machine with "
-             f"{ram / 2**30:.0f} GiB of RAM); use at most {fits}")  # fmt: skip
+        fail("--per-rank-buffer-size", f"a full replay takes {gib:.1f} GiB per process ({ram / 2**30:.0f} GiB {where}); "
+             f"use at most {fits}")  # fmt: skip
 
 
 def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int, writer) -> None:
@@ -382,6 +386,16 @@ def list_checkpoints(root: str) -> list[str]:
     return [os.path.join(root, d) for d in names if os.path.exists(os.path.join(root, d, "shared.pt"))]
 
 
+def find_checkpoint(root: str, world_size: int) -> str | None:
+    """The newest complete checkpoint under `root` as rank 0 sees it (None: there is none), the same on every rank. Exits 2
+    when a rank cannot see it: a resume needs `runs/` on one filesystem that all nodes share."""
+    found = list_checkpoints(root) if is_main_process() else []
+    path = broadcast(found[-1] if found else None, world_size)
+    if path and not all(all_gather(os.path.exists(os.path.join(path, "shared.pt")), world_size)):
+        fail("--resume", f"some ranks cannot see {path}: run from a directory (runs/) that every node shares")
+    return path
+
+
 def exit_if_complete(run_dir: str, policy_steps: int, evaluate: bool, world_size: int) -> None:
     """Exit 0 when rank 0's steps.json holds a run of `policy_steps` and, if `evaluate`, its evaluation: a resume from the
     final checkpoint (e.g. a torchrun restart after the run ended) has nothing left to do."""
@@ -400,6 +414,10 @@ def load_checkpoint(path: str, rank: int, world_size: int) -> tuple[dict, dict]:
     shared = torch.load(os.path.join(path, "shared.pt"), map_location="cpu", weights_only=True)
     if shared["world_size"] != world_size:  # before any rank looks for a rank file that may not exist
         fail("--resume", f"{path} was written by {shared['world_size']} process(es); resume with as many")
+    present = all_gather(os.path.exists(os.path.join(path, f"rank{rank}.pt")), world_size)
+    if not all(present):
+        missing = [r for r, ok in enumerate(present) if not ok]
+        fail("--resume", f"{path} lacks the file of rank(s) {missing}; delete that directory to resume from the one before")
     return shared, torch.load(os.path.join(path, f"rank{rank}.pt"), map_location="cpu", weights_only=True)
 
 
@@ -420,7 +438,7 @@ def rng_state() -> dict:
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_initialized() else [],  # this rank's GPU (the current one)
     }
 
 
@@ -429,5 +447,5 @@ def set_rng_state(state: dict) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and torch.cuda.is_available():  # saved by a run on a GPU: its rank's generator, on this rank's GPU
+        torch.cuda.set_rng_state(state["cuda"][0])
