@@ -948,11 +948,17 @@ def validate(args: Args) -> None:
         if len(act_space.shape) != 1:
             fail("--env-id", f"Box actions must be a vector; {args.env_id} has {act_space}. Wrap the env to flatten them")
         if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
-            fail("--env-id", f"Box actions need finite bounds; {args.env_id} has {act_space}. Wrap it with RescaleAction")
+            fail(
+                "--env-id",
+                f"Box actions need finite bounds; {args.env_id} has {act_space}. "
+                "Wrap it in a gymnasium.ActionWrapper whose action_space is a bounded Box (mapped into the env's actions)",
+            )
     elif not isinstance(act_space, gym.spaces.Discrete):
         fail("--env-id", f"DreamerV3 here takes Discrete or Box actions; {args.env_id} has {act_space}")
     spaces = obs_space.spaces if isinstance(obs_space, gym.spaces.Dict) else {"obs": obs_space}
     for k, s in spaces.items():
+        if k in ("action", "reward", "is_first", "is_last", "is_terminal"):  # the replay stores these beside the keys
+            fail("--env-id", f"observation key {k!r} is a name the replay uses for its own field; rename it in a wrapper")
         if not isinstance(s, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiBinary, gym.spaces.MultiDiscrete)):
             fail("--env-id", f"observation {k!r} is {s}; use Box images (H, W, C uint8), Box vectors, or a Dict of them")
         if is_image(s) and len(s.shape) == 3 and s.shape[2] > 16:
@@ -962,6 +968,9 @@ def validate(args: Args) -> None:
     env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, args.image_size)()  # stored shapes
     act_dim = act_space.n if isinstance(act_space, gym.spaces.Discrete) else act_space.shape[0]
     stored = SequenceReplay.fields(env.observation_space, act_dim)
+    if args.eval_episodes and args.max_episode_steps is None and getattr(env.spec, "max_episode_steps", None) is None:
+        warn(f"{args.env_id} has no time limit: each of the {args.eval_episodes} evaluation episodes at the end may run "
+             f"{EVAL_STEP_CAP} policy steps; bound them with --max-episode-steps")  # fmt: skip
     env.close()
     check_replay_fits(args.per_rank_buffer_size, sum(math.prod(shape) * dtype.itemsize for _, (shape, dtype) in stored))
 

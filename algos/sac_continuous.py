@@ -513,8 +513,12 @@ def validate(args: Args) -> None:
         fail(
             "--env-id",
             f"SAC squashes actions with tanh and needs finite action bounds; {args.env_id} has {space}. "
-            "Wrap the env with gymnasium.wrappers.ClipAction or RescaleAction",
+            "Wrap it in a gymnasium.ActionWrapper whose action_space is a bounded Box (mapped into the env's actions)",
         )
+    unlimited = args.max_episode_steps is None and gym.spec(args.env_id.split(":")[-1]).max_episode_steps is None
+    if args.eval_episodes and unlimited:
+        warn(f"{args.env_id} has no time limit: each of the {args.eval_episodes} evaluation episodes at the end may run "
+             f"{EVAL_STEP_CAP} policy steps; bound them with --max-episode-steps")  # fmt: skip
     step_bytes = 4 * (2 * gym.spaces.flatdim(obs_space) + space.shape[0] + 2)  # float32 obs, next_obs, action, reward, done
     check_replay_fits(args.per_rank_buffer_size, step_bytes, args.cuda)  # on the GPU with --cuda
     if args.capture_video:  # render one frame now rather than fail after training

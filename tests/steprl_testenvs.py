@@ -91,3 +91,17 @@ class NanAtEnv(CountdownEnv):
 gym.register("NanAt-v0", entry_point=NanAtEnv)
 gym.register("NanFinal-v0", entry_point=NanAtEnv, kwargs={"where": "final"})
 gym.register("NanReset-v0", entry_point=NanAtEnv, kwargs={"where": "reset"})
+
+
+class RewardKeyEnv(CountdownEnv):
+    """Dict observations with a key named like a field Dreamer's replay stores itself ('reward')."""
+
+    def __init__(self, render_mode: str | None = None):
+        super().__init__(render_mode=render_mode)
+        self.observation_space = gym.spaces.Dict({"vec": self.observation_space, "reward": gym.spaces.Box(-1, 1, (3,))})
+
+    def _obs(self):
+        return {"vec": super()._obs(), "reward": np.zeros(3, dtype=np.float32)}
+
+
+gym.register("RewardKey-v0", entry_point=RewardKeyEnv)

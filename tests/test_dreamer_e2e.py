@@ -196,6 +196,7 @@ BAD = [
     (["--capture-video"], "--capture-video: records real vs. imagined frames of image observations; CartPole-v1 has none"),
     (["--env-id", "steprl_testenvs:MissingExtra-v0"], "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled"),
     (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: a full replay takes"),
+    (["--env-id", "steprl_testenvs:RewardKey-v0"], "observation key 'reward' is a name the replay uses for its own field"),
 ]
 
 

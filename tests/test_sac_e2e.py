@@ -256,6 +256,7 @@ BAD = [
     (["--env-id", "CartPole-v1"], "continuous (Box) action space"),
     (["--env-id", "HalfCheeta-v5"], "HalfCheetah-v5"),
     (["--env-id", "no_such_module:Foo-v0"], "cannot import module"),
+    (["--env-id", "steprl_testenvs:Countdwn-v0"], "closest registered ids: steprl_testenvs:Countdown-v0"),  # usable ids
     (["--replay-ratio", "-1"], "--replay-ratio"),
     (["--gamma", "1.5"], "--gamma"),
     (["--per-rank-batch-size", "0"], "--per-rank-batch-size"),
@@ -359,6 +360,7 @@ def test_env_without_time_limit_evaluation_stops_at_the_cap(workdir):
     assert led["actual"]["episodes"] == 0
     assert led["eval"]["mean_length"] == 27_000 and led["eval"]["mean_return"] == 27_000.0
     assert "evaluation episode 1 did not end in 27000 policy steps" in proc.stderr
+    assert "has no time limit: each of the 1 evaluation episodes at the end may run 27000" in proc.stderr  # said at start
 
 
 def test_help_works():

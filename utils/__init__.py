@@ -91,6 +91,7 @@ def check_env_id(env_id: str) -> tuple:
             fail("--env-id", f"cannot import module {module!r} to register {name!r} ({type(e).__name__}: {e})")
     if name not in gym.registry:
         close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.6)
+        close = [f"{module}:{c}" if name != env_id else c for c in close]  # ids that work as --env-id, module included
         hint = f"closest registered ids: {', '.join(close)}" if close else "see gymnasium.pprint_registry()"
         fail("--env-id", f"unknown environment {name!r}; {hint}")
     try:
