@@ -1011,7 +1011,7 @@ if __name__ == "__main__":
             if checkpoint[0]["iteration"] > N:
                 fail("--total-steps", f"{checkpoint_path} is past {plan['policy_steps']} policy steps; give a larger budget")
             if checkpoint[0]["iteration"] == N:  # a finished run: done if its ledger (and evaluation) was written
-                exit_if_complete(run_dir, plan["policy_steps"], args.eval_episodes > 0, world_size)
+                exit_if_complete(run_dir, plan["policy_steps"], args.eval_episodes, world_size)
             if checkpoint[1]["buffer"] is None and checkpoint[0]["iteration"] < N and plan["training_iterations"]:
                 fail(
                     "--resume",
@@ -1032,7 +1032,8 @@ if __name__ == "__main__":
         print(format_plan(plan, args.replay_ratio, args.per_rank_pretrain_steps, args.action_repeat), flush=True)
         print(f"  train ratio {float(args.replay_ratio * B * T):g} replayed steps per policy step (batch {B} x length {T})")
         print(f"run directory: {run_dir}; device: {device}; torch threads: {torch.get_num_threads()}", flush=True)
-        writer = setup_tracking(args, run_name, run_dir)
+        resumed_step = checkpoint[0]["iteration"] * P if checkpoint else -1
+        writer = setup_tracking(args, run_name, run_dir, purge_step=resumed_step + 1)  # hides steps logged after it
     seed_everything(args.seed + rank, args.torch_deterministic)
 
     # env setup
@@ -1255,7 +1256,7 @@ if __name__ == "__main__":
             "buffer": rb.state_dict() if args.checkpoint_buffer else None,
             "stored": rb.added,
         }
-        path = save_checkpoint(ckpt_dir, iteration * P, shared, local, rank, world_size, args.keep_checkpoints)
+        path = save_checkpoint(ckpt_dir, iteration * P, shared, local, rank, world_size, args.keep_checkpoints, writer)
         if rank == 0:
             print(f"checkpoint: {path}", flush=True)
 

@@ -561,7 +561,7 @@ if __name__ == "__main__":
             if checkpoint[0]["iteration"] > N:
                 fail("--total-steps", f"{checkpoint_path} is past {plan['policy_steps']} policy steps; give a larger budget")
             if checkpoint[0]["iteration"] == N:  # a finished run: done if its ledger (and evaluation) was written
-                exit_if_complete(run_dir, plan["policy_steps"], args.eval_episodes > 0, world_size)
+                exit_if_complete(run_dir, plan["policy_steps"], args.eval_episodes, world_size)
         elif args.resume == "yes":
             fail("--resume", f"no checkpoint in {ckpt_dir}; use `--resume auto` to start fresh when there is none")
     writer = None  # rank 0's TensorBoard writer
@@ -575,7 +575,8 @@ if __name__ == "__main__":
             warn(f"--learning-starts {args.learning_starts} covers the whole run: no training will happen")
         print(format_plan(plan, args.replay_ratio, args.per_rank_pretrain_steps, args.action_repeat), flush=True)
         print(f"run directory: {run_dir}; device: {device}; torch threads: {torch.get_num_threads()}", flush=True)
-        writer = setup_tracking(args, run_name, run_dir)
+        resumed_step = checkpoint[0]["iteration"] * P if checkpoint else -1
+        writer = setup_tracking(args, run_name, run_dir, purge_step=resumed_step + 1)  # hides steps logged after it
     seed_everything(args.seed + rank, args.torch_deterministic)
 
     # env setup
@@ -685,7 +686,7 @@ if __name__ == "__main__":
             "action_rng": action_rng.bit_generator.state,
             "buffer": rb.state_dict() if args.checkpoint_buffer else None,
         }
-        path = save_checkpoint(ckpt_dir, iteration * P, shared, local, rank, world_size, args.keep_checkpoints)
+        path = save_checkpoint(ckpt_dir, iteration * P, shared, local, rank, world_size, args.keep_checkpoints, writer)
         if rank == 0:
             print(f"checkpoint: {path}", flush=True)
 

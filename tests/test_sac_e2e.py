@@ -4,6 +4,7 @@ checkpoint/resume, tracking, video, custom envs and bad input."""
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -197,6 +198,26 @@ def test_torchrun_restart_with_resume_no_starts_a_new_run_directory(workdir):
     check_ledger_equals_plan(json.loads((second / "steps.json").read_text()))
 
 
+def test_torchrun_restart_before_the_first_checkpoint_starts_the_named_run_over(workdir):
+    """`--run-name NAME --resume auto`: a worker killed before any checkpoint restarts the run from scratch in NAME (its
+    launch's directory), instead of refusing a directory that holds a run without a checkpoint."""
+    args = FAST + ["--total-steps", "2400", "--learning-starts", "100", "--checkpoint-every", "2400", "--run-name", "ra",
+                   "--resume", "auto"]  # fmt: skip
+    proc = subprocess.Popen(command("sac.py", args, nproc=2, torchrun_args=("--max-restarts=1",)), cwd=workdir,
+                            env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    run_dir = workdir / "runs" / "ra"
+    wait_for(lambda: any(run_dir.glob("events.out*")), 120, proc)
+    time.sleep(1)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert [r.name for r in (workdir / "runs").iterdir()] == ["ra"] and len(list(run_dir.glob("events.out*"))) == 2
+    check_ledger_equals_plan(json.loads((run_dir / "steps.json").read_text()))
+    steps = [step for step, _ in scalars(run_dir, "charts/")["charts/SPS"]]
+    assert steps == sorted(set(steps))  # the first attempt's steps are hidden, not shown twice
+
+
 def test_resuming_a_finished_run_only_adds_a_missing_evaluation(workdir):
     args = FAST + ["--total-steps", "300", "--learning-starts", "100", "--checkpoint-every", "300", "--run-name", "f"]
     run_dir = workdir / "runs" / "f"
@@ -208,6 +229,8 @@ def test_resuming_a_finished_run_only_adds_a_missing_evaluation(workdir):
     assert f"{os.path.join('runs', 'f')} is complete" in again.stdout
     assert sorted(run_dir.glob("events.out*")) == events and ledger(workdir, "f") == led  # nothing logged or rewritten
     assert len(scalars(run_dir, "eval/")["eval/episodic_return"]) == 1
+    more = ok(run("sac.py", args + ["--resume", "yes", "--eval-episodes", "2"], workdir))  # more episodes asked: evaluate
+    assert "is complete" not in more.stdout and ledger(workdir, "f")["eval"]["episodes"] == 2
 
 
 def test_track_offline_writes_a_wandb_run(workdir):
@@ -258,6 +281,7 @@ BAD = [
     (["--env-id", "no_such_module:Foo-v0"], "cannot import module"),
     (["--env-id", "steprl_testenvs:Countdwn-v0"], "closest registered ids: steprl_testenvs:Countdown-v0"),  # usable ids
     (["--replay-ratio", "-1"], "--replay-ratio"),
+    (["--run-name", " "], "--run-name: ' ' must be a plain name"),
     (["--gamma", "1.5"], "--gamma"),
     (["--per-rank-batch-size", "0"], "--per-rank-batch-size"),
     (["--resume", "yes"], "--run-name"),
@@ -479,12 +503,38 @@ def test_resume_with_another_process_count_exits_2_on_every_rank(workdir):
     assert "FileNotFoundError" not in proc.stderr and "rank1.pt" not in proc.stderr
 
 
-def test_resume_with_a_rank_file_missing_exits_2_without_hang(workdir):
-    """Every rank checks its own file of rank 0's chosen checkpoint, and all ranks exit 2 together (on separate disks, or
-    after a deleted file, a lone rank would otherwise fail or start afresh while the others wait in a collective)."""
+def test_resume_from_a_missing_or_corrupt_checkpoint_file_exits_2_without_hang(workdir):
+    """Every rank reads its own file of rank 0's chosen checkpoint, and all ranks exit 2 together with one line (on
+    separate disks, or after a deleted or truncated file, a lone rank would otherwise fail with a traceback or start
+    afresh while the others wait in a collective)."""
     args = FAST + ["--total-steps", "100", "--learning-starts", "50", "--checkpoint-every", "100", "--run-name", "two"]
     ok(run("sac.py", args, workdir, nproc=2, timeout=120))
-    os.remove(workdir / "runs/two/checkpoints/step_000000000100/rank1.pt")
+    checkpoint = workdir / "runs/two/checkpoints/step_000000000100"
+    os.remove(checkpoint / "rank1.pt")
     proc = run("sac.py", args + ["--total-steps", "200", "--resume", "yes"], workdir, nproc=2, timeout=120)
-    assert proc.returncode != 0 and "FileNotFoundError" not in proc.stderr  # torchrun adds its own traceback
-    assert "error: --resume: runs/two/checkpoints/step_000000000100 lacks the file of rank(s) [1]" in proc.stderr
+    assert proc.returncode != 0 and proc.stderr.count("Traceback") == 1  # torchrun's own, none of the workers
+    message = "error: --resume: runs/two/checkpoints/step_000000000100: cannot read the file of rank(s) [1] (FileNotFound"
+    assert message in proc.stderr
+    os.truncate(checkpoint / "shared.pt", 1000)
+    proc = run("sac.py", args + ["--total-steps", "200", "--resume", "yes"], workdir, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: --resume: cannot read runs/two/checkpoints/step_000000000100/shared.pt (" in proc.stderr
+
+
+def test_unwritable_runs_and_a_failed_checkpoint_write_stop_with_one_line(workdir):
+    """No traceback wall when runs/ cannot be made (here a file of that name) or a checkpoint cannot be written (here a
+    1 MB file-size limit, as a full disk): one line, and no half-written `.tmp` checkpoint left behind."""
+    (workdir / "runs").write_text("")
+    proc = run("sac.py", FAST + ["--total-steps", "100"], workdir, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: runs/: cannot write runs (File exists); run from a directory you can write to" in proc.stderr
+    (workdir / "runs").unlink()
+    args = FAST + ["--total-steps", "400", "--learning-starts", "100", "--checkpoint-every", "200", "--run-name", "full",
+                   "--log-every", "100"]  # fmt: skip
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))  # noqa: E731  (shared.pt is about 2.5 MB)
+    proc = subprocess.run(command("sac.py", args), cwd=workdir, env=script_env(), capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: rank 0 cannot write runs/full/checkpoints/step_000000000200.tmp (" in proc.stderr
+    assert not list((workdir / "runs/full/checkpoints").iterdir())
+    assert [step for step, _ in scalars(workdir / "runs/full", "charts/")["charts/SPS"]] == [100, 200]  # writer closed

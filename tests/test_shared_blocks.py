@@ -51,3 +51,21 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, mon
     names = [utils.resolve_run_name(None, "Pendulum-v1__sac__1", str(tmp_path), 1, "no") for _ in range(3)]
     assert names == [f"Pendulum-v1__sac__1__1800000000{suffix}" for suffix in ("", "-2", "-3")]
     assert sorted(p.name for p in tmp_path.iterdir()) == names  # each one made, so no later process can take it
+
+
+def test_a_resumed_writer_hides_the_steps_an_earlier_attempt_logged_after_the_checkpoint(tmp_path):
+    """A resume from the checkpoint at step 40 logs steps 50.. again: TensorBoard must show each step once."""
+    from types import SimpleNamespace
+
+    from conftest import scalars
+
+    from steprl import utils
+
+    args = SimpleNamespace(track=False, env_id="Pendulum-v1", seed=1)
+    for purge_step, steps, value in [(0, range(10, 80, 10), 1.0), (41, range(50, 110, 10), 2.0)]:  # crashed at 70
+        writer = utils.setup_tracking(args, "run", str(tmp_path), purge_step=purge_step)
+        for step in steps:
+            writer.add_scalar("charts/x", value, step)
+        writer.close()
+    logged = scalars(tmp_path, "charts/")["charts/x"]
+    assert logged == [(s, 1.0) for s in range(10, 50, 10)] + [(s, 2.0) for s in range(50, 110, 10)]

@@ -201,22 +201,28 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
     """The run directory's name, the same on every rank: `{prefix}__{timestamp}` ('/' and ':' as '-'), or, for a worker
     restarted by `torchrun --max-restarts` that may resume, its first attempt's run (with `--resume no`, a new one)."""
     prefix = prefix.replace("/", "-").replace(":", "-")
-    if run_name is None and is_main_process():
-        elastic_id = os.environ.get("TORCHELASTIC_RUN_ID")
-        if elastic_id is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and resume != "no":
+    elastic_id, restarted = os.environ.get("TORCHELASTIC_RUN_ID"), int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if is_main_process():
+        created = False
+        if run_name is None and elastic_id is not None and restarted and resume != "no":
             marker = lambda d: os.path.join(runs_root, d, "torchelastic_run_id")  # noqa: E731
             dirs = [d for d in os.listdir(runs_root) if d.startswith(prefix + "__")] if os.path.isdir(runs_root) else []
             run_name = next((d for d in dirs if os.path.exists(marker(d)) and open(marker(d)).read() == elastic_id), None)
-        if run_name is None:
-            os.makedirs(runs_root, exist_ok=True)
-            stamp = f"{prefix}__{int(time.time())}"
-            for run_name in itertools.chain([stamp], (f"{stamp}-{n}" for n in itertools.count(2))):  # same second: -2, -3 ...
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(os.path.join(runs_root, run_name))  # atomic: two processes never get the same directory
-                    break
-            if elastic_id is not None:
+        try:
+            if run_name is None:
+                os.makedirs(runs_root, exist_ok=True)
+                stamp = f"{prefix}__{int(time.time())}"
+                for run_name in itertools.chain([stamp], (f"{stamp}-{n}" for n in itertools.count(2))):  # same second: -2 ...
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(os.path.join(runs_root, run_name))  # atomic: two processes never get the same directory
+                        created = True
+                        break
+            if elastic_id is not None and (created or not restarted):  # marks the run as this torchrun launch's
+                os.makedirs(os.path.join(runs_root, run_name), exist_ok=True)
                 with open(os.path.join(runs_root, run_name, "torchelastic_run_id"), "w") as f:
                     f.write(elastic_id)
+        except OSError as e:
+            fail("runs/", f"cannot write {e.filename or runs_root} ({e.strerror}); run from a directory you can write to")
     run_name = broadcast(run_name, world_size)
     RUN_DIR[:] = [os.path.join(runs_root, run_name)]  # for the interrupt hint
     return run_name
@@ -227,8 +233,9 @@ def config_dict(args) -> dict:
     return {k: (str(v) if isinstance(v, Fraction) else v) for k, v in vars(args).items()}
 
 
-def setup_tracking(args, run_name: str, run_dir: str):
-    """TensorBoard writer for rank 0 (mirrored to W&B with `--track`; honours WANDB_MODE)."""
+def setup_tracking(args, run_name: str, run_dir: str, purge_step: int):
+    """TensorBoard writer for rank 0 (mirrored to W&B with `--track`; honours WANDB_MODE). TensorBoard hides the steps
+    from `purge_step` on that earlier attempts of the run logged (a resume logs them again)."""
     from torch.utils.tensorboard import SummaryWriter
 
     config = config_dict(args)
@@ -255,7 +262,7 @@ def setup_tracking(args, run_name: str, run_dir: str):
             dir=run_dir,
             save_code=True,
         )
-    writer = SummaryWriter(run_dir)
+    writer = SummaryWriter(run_dir, purge_step=purge_step)
     table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
     return writer
@@ -292,14 +299,18 @@ def check_run_dir(run_name: str | None, resume: str) -> None:
             fail("--resume", "a restarted worker finds its run by torchrun's run id, which is 'none' for every launch without "
                  "--standalone: add `--standalone` (one node) or a unique `--rdzv-id`, or give `--run-name NAME`")  # fmt: skip
         return
-    if os.path.isabs(run_name) or ".." in run_name.split("/") or not run_name.strip("./"):
-        fail("--run-name", f"{run_name!r} must be a plain name (it becomes runs/<name>/); no '..' or absolute paths")
+    if os.path.isabs(run_name) or ".." in run_name.split("/") or not run_name.strip("./ ") or run_name != run_name.strip():
+        fail("--run-name", f"{run_name!r} must be a plain name (it becomes runs/<name>/); no '..', absolute paths or "
+             "surrounding spaces")  # fmt: skip
     run_dir = os.path.join("runs", run_name)
     held = os.path.isdir(run_dir) and any(f.startswith("events.out") or f == "steps.json" for f in os.listdir(run_dir))
     checkpointed = bool(list_checkpoints(os.path.join(run_dir, "checkpoints")))
     if resume == "no" and (held or checkpointed):
         fail("--run-name", f"{run_dir} already holds a run; continue it with `--resume yes` or choose another name")
-    if resume == "auto" and held and not checkpointed:
+    elastic_id, marker = os.environ.get("TORCHELASTIC_RUN_ID"), os.path.join(run_dir, "torchelastic_run_id")
+    restarted = elastic_id not in (None, "none") and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    ours = restarted and os.path.exists(marker) and open(marker).read() == elastic_id  # a restart of this launch's run
+    if resume == "auto" and held and not checkpointed and not ours:  # (ours: starts over, its first steps hidden)
         fail("--resume", f"{run_dir} holds a run without a checkpoint to continue; choose another --run-name")
 
 
@@ -356,16 +367,26 @@ def check_resume_args(saved: dict, args, flags: list[str]) -> None:
         fail("--resume", "the checkpoint's run used other settings: " + "; ".join(diff) + ". Resume with its flags")
 
 
-def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, world_size: int, keep: int) -> str:
+def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, world_size: int, keep: int, writer) -> str:
     """Write `root/step_<step>/` atomically: rank 0 writes `shared.pt`, every rank its `rank<r>.pt`, all into a
-    temporary directory that rank 0 renames once every rank is done. Keeps the newest `keep` checkpoints."""
+    temporary directory that rank 0 renames once every rank is done. Keeps the newest `keep` checkpoints. A failed write
+    (a full disk) exits 1 with one line, after closing `writer` (rank 0's, else None)."""
     final = os.path.join(root, f"step_{step:012d}")
     tmp = final + ".tmp"
     os.makedirs(tmp, exist_ok=True)
     files = {f"rank{rank}.pt": local} | ({"shared.pt": shared} if rank == 0 else {})
-    for name, state in files.items():
-        torch.save(state, os.path.join(tmp, name + ".part"))
-        os.replace(os.path.join(tmp, name + ".part"), os.path.join(tmp, name))
+    try:
+        for name, state in files.items():
+            torch.save(state, os.path.join(tmp, name + ".part"))
+            os.replace(os.path.join(tmp, name + ".part"), os.path.join(tmp, name))
+    except (OSError, RuntimeError) as e:  # a full disk: torch reports "unexpected pos"; the last checkpoint stays intact
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free / 2**20
+        print(f"error: rank {rank} cannot write {tmp} ({str(e).splitlines()[0]}; {free:.0f} MiB free there); earlier "
+              "checkpoints are intact", file=sys.stderr, flush=True)  # fmt: skip
+        if writer is not None:
+            writer.close()
+        os._exit(1)
     if world_size > 1:  # every rank's file is written
         dist.barrier()
     if rank == 0:
@@ -397,12 +418,13 @@ def find_checkpoint(root: str, world_size: int) -> str | None:
     return path
 
 
-def exit_if_complete(run_dir: str, policy_steps: int, evaluate: bool, world_size: int) -> None:
-    """Exit 0 when rank 0's steps.json holds a run of `policy_steps` and, if `evaluate`, its evaluation: a resume from the
-    final checkpoint (e.g. a torchrun restart after the run ended) has nothing left to do."""
+def exit_if_complete(run_dir: str, policy_steps: int, eval_episodes: int, world_size: int) -> None:
+    """Exit 0 when rank 0's steps.json holds a run of `policy_steps` and, if `eval_episodes`, an evaluation of as many
+    episodes: a resume from the final checkpoint (e.g. a torchrun restart after the run ended) has nothing left to do."""
     path = os.path.join(run_dir, "steps.json")
     ledger = json.load(open(path)) if is_main_process() and os.path.exists(path) else {}
-    done = ledger.get("plan", {}).get("policy_steps") == policy_steps and (not evaluate or "eval" in ledger)
+    evaluated = ledger.get("eval", {}).get("episodes") == eval_episodes
+    done = ledger.get("plan", {}).get("policy_steps") == policy_steps and (not eval_episodes or evaluated)
     if broadcast(done, world_size):
         if is_main_process():
             print(f"{run_dir} is complete (its steps.json holds all {policy_steps} policy steps and any evaluation asked "
@@ -412,14 +434,25 @@ def exit_if_complete(run_dir: str, policy_steps: int, evaluate: bool, world_size
 
 def load_checkpoint(path: str, rank: int, world_size: int) -> tuple[dict, dict]:
     """(shared, this rank's) state, on the CPU: `load_state_dict` moves tensors to the model's device."""
-    shared = torch.load(os.path.join(path, "shared.pt"), map_location="cpu", weights_only=True)
+
+    def load(name: str):  # (state, None) or (None, why it cannot be read)
+        try:
+            return torch.load(os.path.join(path, name), map_location="cpu", weights_only=True), None
+        except Exception as e:  # missing, truncated or not a checkpoint
+            return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+    advice = "delete that directory to resume from the checkpoint before it"
+    shared, error = load("shared.pt")
+    if error:
+        fail("--resume", f"cannot read {path}/shared.pt ({error}); {advice}")
     if shared["world_size"] != world_size:  # before any rank looks for a rank file that may not exist
         fail("--resume", f"{path} was written by {shared['world_size']} process(es); resume with as many")
-    present = all_gather(os.path.exists(os.path.join(path, f"rank{rank}.pt")), world_size)
-    if not all(present):
-        missing = [r for r, ok in enumerate(present) if not ok]
-        fail("--resume", f"{path} lacks the file of rank(s) {missing}; delete that directory to resume from the one before")
-    return shared, torch.load(os.path.join(path, f"rank{rank}.pt"), map_location="cpu", weights_only=True)
+    local, error = load(f"rank{rank}.pt")
+    errors = all_gather(error, world_size)
+    if any(errors):
+        bad = [r for r, e in enumerate(errors) if e]
+        fail("--resume", f"{path}: cannot read the file of rank(s) {bad} ({errors[bad[0]]}); {advice}")
+    return shared, local
 
 
 def load_states(modules: dict, shared: dict) -> None:
