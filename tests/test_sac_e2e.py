@@ -538,3 +538,18 @@ def test_unwritable_runs_and_a_failed_checkpoint_write_stop_with_one_line(workdi
     assert "error: rank 0 cannot write runs/full/checkpoints/step_000000000200.tmp (" in proc.stderr
     assert not list((workdir / "runs/full/checkpoints").iterdir())
     assert [step for step, _ in scalars(workdir / "runs/full", "charts/")["charts/SPS"]] == [100, 200]  # writer closed
+
+
+def test_an_error_on_one_rank_only_is_printed_by_that_rank(workdir):
+    """Rank 0 prints the errors all ranks share; one that only rank 1 meets (here its env module fails to import, as on
+    a node without a package) must not stop the job silently."""
+    (workdir / "rankonly.py").write_text(
+        "import os\nimport gymnasium as gym\n"
+        "if os.environ.get('RANK') == '1':\n    raise ImportError('not installed on this node')\n"
+        "gym.register('PendulumR-v0', entry_point='gymnasium.envs.classic_control.pendulum:PendulumEnv', "
+        "max_episode_steps=200)\n"
+    )
+    proc = run("sac.py", FAST + ["--env-id", "rankonly:PendulumR-v0", "--total-steps", "400"], workdir, nproc=2, timeout=90)
+    assert proc.returncode != 0
+    assert "error (rank 1): --env-id: cannot import module 'rankonly'" in proc.stderr
+    assert "not installed on this node" in proc.stderr

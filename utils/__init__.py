@@ -64,8 +64,9 @@ def fail(flag: str, message: str) -> None:
     """Bad input: one clear line naming the flag and the fix, exit status 2, no traceback (every rank exits)."""
     if is_main_process():
         print(f"error: {flag}: {message}", file=sys.stderr, flush=True)
-    else:
-        time.sleep(5)  # let rank 0 print before torchrun, seeing this rank fail, stops the others
+    else:  # most errors stop every rank alike: rank 0 prints, and torchrun stops this rank while it waits; if it lives
+        time.sleep(5)  # on, the error was this rank's alone (another node's memory, its disk): say so
+        print(f"error (rank {os.environ['RANK']}): {flag}: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(2)
 
