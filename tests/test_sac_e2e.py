@@ -1,6 +1,7 @@
 """End to end through subprocesses: plain python and torchrun, ledgers against plans, rank sync, determinism,
 checkpoint/resume, tracking, video, custom envs and bad input."""
 
+import fcntl
 import json
 import math
 import os
@@ -540,16 +541,42 @@ def test_unwritable_runs_and_a_failed_checkpoint_write_stop_with_one_line(workdi
     assert [step for step, _ in scalars(workdir / "runs/full", "charts/")["charts/SPS"]] == [100, 200]  # writer closed
 
 
-def test_an_error_on_one_rank_only_is_printed_by_that_rank(workdir):
-    """Rank 0 prints the errors all ranks share; one that only rank 1 meets (here its env module fails to import, as on
-    a node without a package) must not stop the job silently."""
+def test_an_error_on_one_node_only_is_printed_by_that_node(workdir):
+    """Rank 0 prints the errors all ranks share; one that only another node meets (here its env module fails to
+    import, as on a node without a package) must not stop the job silently. Two torchrun agents on this machine stand
+    for two nodes of one process each."""
     (workdir / "rankonly.py").write_text(
         "import os\nimport gymnasium as gym\n"
         "if os.environ.get('RANK') == '1':\n    raise ImportError('not installed on this node')\n"
         "gym.register('PendulumR-v0', entry_point='gymnasium.envs.classic_control.pendulum:PendulumEnv', "
         "max_episode_steps=200)\n"
     )
-    proc = run("sac.py", FAST + ["--env-id", "rankonly:PendulumR-v0", "--total-steps", "400"], workdir, nproc=2, timeout=90)
-    assert proc.returncode != 0
-    assert "error (rank 1): --env-id: cannot import module 'rankonly'" in proc.stderr
-    assert "not installed on this node" in proc.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--master-addr=127.0.0.1",
+             f"--master-port={port}"]  # static rendezvous: node 0's agent hosts the store and runs rank 0  # fmt: skip
+    script = [str(ALGOS / "sac.py"), *FAST, "--env-id", "rankonly:PendulumR-v0", "--total-steps", "400"]
+    env = script_env() | {"STEPRL_JOIN_TIMEOUT": "30"}  # rank 0 waits this long for rank 1, then stops (default 300 s)
+    nodes = [subprocess.Popen([*agent, f"--node-rank={n}", *script], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in range(2)]  # fmt: skip
+    stderr = "".join(node.communicate(timeout=120)[1] for node in nodes)
+    assert all(node.returncode != 0 for node in nodes)
+    assert "error (rank 1): --env-id: cannot import module 'rankonly'" in stderr and "not installed on this node" in stderr
+    assert "error (rank 0): not all 2 processes joined within 30 s; one failed before joining" in stderr
+
+
+def test_a_run_name_in_use_by_a_running_process_is_refused(workdir):
+    args = FAST + ["--total-steps", "20000", "--learning-starts", "100", "--checkpoint-every", "200", "--run-name", "busy"]
+    first = subprocess.Popen(command("sac.py", args), cwd=workdir, env=script_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: (workdir / "runs/busy/checkpoints").exists(), 120, first)  # past its start, with a checkpoint
+        second = run("sac.py", args + ["--resume", "auto"], workdir, timeout=60)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert "error: --run-name: runs/busy is in use by a process that is still running" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    with open(workdir / "runs/busy/run.lock") as lock:  # free once that process has ended, even killed
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

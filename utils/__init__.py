@@ -4,6 +4,7 @@ algorithm. Installed as `steprl.utils` (from ./utils) so it never collides with 
 import contextlib
 import ctypes
 import difflib
+import fcntl
 import importlib
 import itertools
 import json
@@ -65,8 +66,9 @@ def fail(flag: str, message: str) -> None:
     if is_main_process():
         print(f"error: {flag}: {message}", file=sys.stderr, flush=True)
     else:  # most errors stop every rank alike: rank 0 prints, and torchrun stops this rank while it waits; if it lives
-        time.sleep(5)  # on, the error was this rank's alone (another node's memory, its disk): say so
-        print(f"error (rank {os.environ['RANK']}): {flag}: {message}", file=sys.stderr, flush=True)
+        time.sleep(5)  # on, the error may be its node's alone (a missing module, less memory): its first rank says so
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"error (rank {os.environ['RANK']}): {flag}: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(2)
 
@@ -129,14 +131,25 @@ def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.de
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(minutes=30)
-        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-            # torchrun's agent store outlives restarts; without a per-attempt prefix a restarted worker can read the
-            # gloo addresses of the killed attempt and fail with "connectFullMesh ... Connection refused".
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, False, timeout)
-            store = dist.PrefixStore(f"steprl/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
-        else:
-            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
+        # joining has its own, shorter timeout: a rank that failed before joining (on another node, whose torchrun agent
+        # does not stop this one) would otherwise keep the others waiting for the full 30 minutes
+        join = timedelta(seconds=float(os.environ.get("STEPRL_JOIN_TIMEOUT", "300")))
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # hosted by torchrun, else by rank 0
+        try:
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                                  rank == 0 and not agent_store, join)  # fmt: skip
+            if agent_store:
+                # torchrun's agent store outlives restarts; without a per-attempt prefix a restarted worker can read the
+                # gloo addresses of the killed attempt and fail with "connectFullMesh ... Connection refused".
+                store = dist.PrefixStore(f"steprl/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+            store.set(f"joined_{rank}", "1")
+            store.wait([f"joined_{r}" for r in range(world_size)], join)
+        except Exception as e:
+            print(f"error (rank {rank}): not all {world_size} processes joined within {join.total_seconds():.0f} s; one "
+                  f"failed before joining, see its output ({type(e).__name__})", file=sys.stderr, flush=True)  # fmt: skip
+            os._exit(1)
+        store.set_timeout(timeout)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return rank, local_rank, world_size, device
 
 
@@ -196,6 +209,7 @@ def seed_everything(seed: int, torch_deterministic: bool) -> None:
 
 # ---------------------------------------------------------------- runs, tracking
 RUN_DIR: list[str] = []  # this process's run directory, once resolve_run_name has chosen it
+RUN_LOCK: list = []  # rank 0's open lock file of that directory (flock: released when the process ends)
 
 
 def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_size: int, resume: str) -> str:
@@ -218,8 +232,13 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
                         os.mkdir(os.path.join(runs_root, run_name))  # atomic: two processes never get the same directory
                         created = True
                         break
+            os.makedirs(os.path.join(runs_root, run_name), exist_ok=True)
+            RUN_LOCK[:] = [open(os.path.join(runs_root, run_name, "run.lock"), "a")]  # open while this process lives
+            try:  # two launches of one --run-name (a scheduler's requeue while the first still runs) would mix their steps
+                fcntl.flock(RUN_LOCK[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fail("--run-name", f"runs/{run_name} is in use by a process that is still running; stop it or choose another")
             if elastic_id is not None and (created or not restarted):  # marks the run as this torchrun launch's
-                os.makedirs(os.path.join(runs_root, run_name), exist_ok=True)
                 with open(os.path.join(runs_root, run_name, "torchelastic_run_id"), "w") as f:
                     f.write(elastic_id)
         except OSError as e:
@@ -308,10 +327,15 @@ def check_run_dir(run_name: str | None, resume: str) -> None:
     checkpointed = bool(list_checkpoints(os.path.join(run_dir, "checkpoints")))
     if resume == "no" and (held or checkpointed):
         fail("--run-name", f"{run_dir} already holds a run; continue it with `--resume yes` or choose another name")
+    if resume == "yes" and not checkpointed:  # before the run directory is made
+        fail("--resume", f"no checkpoint in {run_dir}/checkpoints; use `--resume auto` to start fresh when there is none")
     elastic_id, marker = os.environ.get("TORCHELASTIC_RUN_ID"), os.path.join(run_dir, "torchelastic_run_id")
     restarted = elastic_id not in (None, "none") and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    ours = restarted and os.path.exists(marker) and open(marker).read() == elastic_id  # a restart of this launch's run
-    if resume == "auto" and held and not checkpointed and not ours:  # (ours: starts over, its first steps hidden)
+    ours = os.path.exists(marker) and open(marker).read() == elastic_id  # made by this launch's first attempt, or an old one
+    unfinished = not os.path.exists(os.path.join(run_dir, "steps.json"))
+    if resume == "auto" and held and not checkpointed and not (restarted and ours and unfinished):  # that restart: start over
+        if ours and not restarted and is_main_process():  # an older launch's marker (a reused --rdzv-id): restarts refuse too
+            os.remove(marker)
         fail("--resume", f"{run_dir} holds a run without a checkpoint to continue; choose another --run-name")
 
 
@@ -371,17 +395,22 @@ def check_resume_args(saved: dict, args, flags: list[str]) -> None:
 def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, world_size: int, keep: int, writer) -> str:
     """Write `root/step_<step>/` atomically: rank 0 writes `shared.pt`, every rank its `rank<r>.pt`, all into a
     temporary directory that rank 0 renames once every rank is done. Keeps the newest `keep` checkpoints. A failed write
-    (a full disk) exits 1 with one line, after closing `writer` (rank 0's, else None)."""
+    (a full disk) exits 1 with one line, after closing `writer` (rank 0's, else None) if this rank is the one failing."""
     final = os.path.join(root, f"step_{step:012d}")
     tmp = final + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
     files = {f"rank{rank}.pt": local} | ({"shared.pt": shared} if rank == 0 else {})
     try:
+        os.makedirs(tmp, exist_ok=True)
         for name, state in files.items():
             torch.save(state, os.path.join(tmp, name + ".part"))
             os.replace(os.path.join(tmp, name + ".part"), os.path.join(tmp, name))
     except (OSError, RuntimeError) as e:  # a full disk: torch reports "unexpected pos"; the last checkpoint stays intact
-        shutil.rmtree(tmp, ignore_errors=True)
+        for name in files:  # this rank's own files (rank 0: the whole directory, which can no longer be completed)
+            for path in (os.path.join(tmp, name), os.path.join(tmp, name + ".part")):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
         free = shutil.disk_usage(root).free / 2**20
         print(f"error: rank {rank} cannot write {tmp} ({str(e).splitlines()[0]}; {free:.0f} MiB free there); earlier "
               "checkpoints are intact", file=sys.stderr, flush=True)  # fmt: skip
@@ -424,7 +453,7 @@ def exit_if_complete(run_dir: str, policy_steps: int, eval_episodes: int, world_
     episodes: a resume from the final checkpoint (e.g. a torchrun restart after the run ended) has nothing left to do."""
     path = os.path.join(run_dir, "steps.json")
     ledger = json.load(open(path)) if is_main_process() and os.path.exists(path) else {}
-    evaluated = ledger.get("eval", {}).get("episodes") == eval_episodes
+    evaluated = ledger.get("eval", {}).get("episodes", 0) >= eval_episodes
     done = ledger.get("plan", {}).get("policy_steps") == policy_steps and (not eval_episodes or evaluated)
     if broadcast(done, world_size):
         if is_main_process():
@@ -483,4 +512,4 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():  # saved by a run on a GPU: its rank's generator, on this rank's GPU
-        torch.cuda.set_rng_state(state["cuda"][0])
+        torch.cuda.set_rng_state(state["cuda"][0 if len(state["cuda"]) == 1 else torch.cuda.current_device()])  # older: all
