@@ -3,6 +3,7 @@ and the shared module stays plumbing."""
 
 import re
 
+import pytest
 from conftest import ALGOS, ROOT
 
 BLOCK = re.compile(r"# --- SHARED: (.+?) ---\n(.*?)# --- END SHARED ---", re.DOTALL)
@@ -69,3 +70,38 @@ def test_a_resumed_writer_hides_the_steps_an_earlier_attempt_logged_after_the_ch
         writer.close()
     logged = scalars(tmp_path, "charts/")["charts/x"]
     assert logged == [(s, 1.0) for s in range(10, 50, 10)] + [(s, 2.0) for s in range(50, 110, 10)]
+
+
+@pytest.mark.parametrize(
+    "restarts,finished,allowed",
+    [(1, False, True), (1, True, False), (0, False, False)],
+    ids=["restart-starts-over", "finished-run-kept", "new-launch-refused"],
+)
+def test_resume_auto_without_checkpoint_starts_over_only_in_a_restart_of_its_own_unfinished_run(
+    tmp_path, monkeypatch, restarts, finished, allowed
+):
+    """`--run-name ra --resume auto` finds runs/ra holding a run without a checkpoint, marked with this launch's
+    torchrun run id: only a restart (not a new launch reusing the id) may start it over, and never once it finished."""
+    from steprl import utils
+
+    run_dir = tmp_path / "runs" / "ra"
+    run_dir.mkdir(parents=True)
+    (run_dir / "events.out.tfevents.1").write_text("")
+    (run_dir / "torchelastic_run_id").write_text("job1")
+    if finished:
+        (run_dir / "steps.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job1")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(restarts))
+
+    def refuse(flag, message):
+        raise SystemExit(f"{flag}: {message}")
+
+    monkeypatch.setattr(utils, "fail", refuse)
+    if allowed:
+        utils.check_run_dir("ra", "auto")
+    else:
+        with pytest.raises(SystemExit, match="holds a run without a checkpoint"):
+            utils.check_run_dir("ra", "auto")
+    # a new launch that reuses the id removes the old marker, so its own restarts refuse the run too
+    assert (run_dir / "torchelastic_run_id").exists() == (restarts > 0)
