@@ -26,7 +26,6 @@ from steprl.utils import (
     all_gather,
     all_reduce_grads,
     all_sum,
-    broadcast,
     check_env_id,
     check_env_output,
     check_replay_fits,
@@ -37,6 +36,7 @@ from steprl.utils import (
     config_dict,
     exit_if_complete,
     fail,
+    final_exit_code,
     find_checkpoint,
     interrupt_cleanly,
     load_checkpoint,
@@ -836,4 +836,4 @@ if __name__ == "__main__":
             print("LEDGER MISMATCH (a bug in the step accounting):\n  " + "\n  ".join(errors), flush=True)
         if eval_error:
             print(f"error: {eval_error}", flush=True)
-    teardown(broadcast(1 if rank == 0 and (errors or eval_error) else 0, world_size))
+    teardown(final_exit_code(1 if rank == 0 and (errors or eval_error) else 0, world_size))

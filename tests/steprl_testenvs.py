@@ -1,5 +1,7 @@
 """Small gymnasium envs for the tests, registered on import so scripts can use `--env-id steprl_testenvs:Countdown-v0`."""
 
+import time
+
 import gymnasium as gym
 import numpy as np
 
@@ -50,7 +52,20 @@ def needs_missing_extra(**kwargs):
     raise gym.error.DependencyNotInstalled('this env needs an extra: `pip install "steprl-missing-extra"`')
 
 
+class SlowEvalEnv(CountdownEnv):
+    """Countdown whose evaluation episodes take 20 ms per env step, so an evaluation can outlast a collective's timeout."""
+
+    def reset(self, *, seed=None, options=None):
+        self.delay = 0.02 if seed is not None and seed >= 1_000_000 else 0.0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        time.sleep(self.delay)
+        return super().step(action)
+
+
 gym.register("EvalFails-v0", entry_point=EvalFailsEnv)
+gym.register("SlowEval-v0", entry_point=SlowEvalEnv)
 gym.register("MissingExtra-v0", entry_point=needs_missing_extra)
 
 

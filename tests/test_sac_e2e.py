@@ -580,3 +580,16 @@ def test_a_run_name_in_use_by_a_running_process_is_refused(workdir):
         first.wait()
     with open(workdir / "runs/busy/run.lock") as lock:  # free once that process has ended, even killed
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # under torchrun rank 0 refuses while rank 1 waits in a collective: one line from each, no traceback from rank 1
+        proc = run("sac.py", args + ["--resume", "auto"], workdir, nproc=2, timeout=90)
+    assert proc.returncode != 0 and proc.stderr.count("Traceback") == 1, proc.stderr[-3000:]  # torchrun's own only
+    assert "error: --run-name: runs/busy is in use by a process that is still running" in proc.stderr
+
+
+def test_an_evaluation_longer_than_the_collective_timeout_lets_the_other_ranks_wait(workdir):
+    """Rank 0 evaluates alone while the others wait for its exit code; that wait has no time limit (here the collective
+    timeout is 8 s and the evaluation takes about 13 s)."""
+    args = FAST + ["--env-id", "steprl_testenvs:SlowEval-v0", "--total-steps", "200", "--learning-starts", "100",
+                   "--eval-episodes", "5"]  # fmt: skip
+    ok(run("sac.py", args, workdir, nproc=2, timeout=120, env=script_env() | {"STEPRL_TIMEOUT": "8"}))
+    assert ledger(workdir)["eval"]["episodes"] == 5

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import sys
@@ -130,7 +131,7 @@ def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.de
         torch.set_num_threads(threads)
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        timeout = timedelta(minutes=30)
+        timeout = timedelta(seconds=float(os.environ.get("STEPRL_TIMEOUT", "1800")))  # of a collective (torch's default)
         # joining has its own, shorter timeout: a rank that failed before joining (on another node, whose torchrun agent
         # does not stop this one) would otherwise keep the others waiting for the full 30 minutes
         join = timedelta(seconds=float(os.environ.get("STEPRL_JOIN_TIMEOUT", "300")))
@@ -150,7 +151,23 @@ def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.de
             os._exit(1)
         store.set_timeout(timeout)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+        STORE[:] = [store]
+        sys.excepthook = lost_peer  # replaces torch's hook, which prints a traceback per rank
     return rank, local_rank, world_size, device
+
+
+STORE: list = []  # the job's key-value store (torchrun's or rank 0's), once the process group is up
+
+
+def lost_peer(kind, value, tb) -> None:
+    """An uncaught error of a collective (another rank stopped, often after its own one-line error, or the timeout
+    passed): exit 1 with one line instead of a traceback from every rank. Other errors keep their traceback."""
+    if isinstance(value, dist.DistError) or (isinstance(value, RuntimeError) and "gloo" in str(value).lower()):
+        why = re.sub(r"^\[[^\]]*\] ", "", str(value)).split(". ")[0]  # drop gloo's source location and its advice
+        print(f"error (rank {os.environ.get('RANK', 0)}): another process of this job stopped or stalled ({why}); its "
+              "output says why", file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(1)
+    sys.__excepthook__(kind, value, tb)
 
 
 def teardown(code: int = 0) -> None:
@@ -162,6 +179,17 @@ def teardown(code: int = 0) -> None:
             dist.barrier()
         dist.destroy_process_group()
     os._exit(code)
+
+
+def final_exit_code(code: int, world_size: int) -> int:
+    """Rank 0's exit `code` on every rank. The others wait through the store, with no time limit: rank 0's evaluation
+    may take longer than the timeout of a collective (30 minutes, or STEPRL_TIMEOUT seconds)."""
+    if world_size == 1:
+        return code
+    if is_main_process():
+        STORE[0].set("exit_code", str(code))
+    STORE[0].wait(["exit_code"], timedelta(days=365))
+    return int(STORE[0].get("exit_code"))
 
 
 def all_reduce_grads(params: list[torch.Tensor], world_size: int) -> None:
