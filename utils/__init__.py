@@ -251,6 +251,9 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
             marker = lambda d: os.path.join(runs_root, d, "torchelastic_run_id")  # noqa: E731
             dirs = [d for d in os.listdir(runs_root) if d.startswith(prefix + "__")] if os.path.isdir(runs_root) else []
             run_name = next((d for d in dirs if os.path.exists(marker(d)) and open(marker(d)).read() == elastic_id), None)
+            found = os.path.join(runs_root, run_name or "")  # a finished run is only continued from its final checkpoint
+            if run_name and os.path.exists(os.path.join(found, "steps.json")) and not list_checkpoints(f"{found}/checkpoints"):
+                fail("--resume", f"{found} finished without a checkpoint to continue from: this restart has nothing to do")
         try:
             if run_name is None:
                 os.makedirs(runs_root, exist_ok=True)
