@@ -520,6 +520,12 @@ def test_resume_from_a_missing_or_corrupt_checkpoint_file_exits_2_without_hang(w
     proc = run("sac.py", args + ["--total-steps", "200", "--resume", "yes"], workdir, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: --resume: cannot read runs/two/checkpoints/step_000000000100/shared.pt (" in proc.stderr
+    import torch
+
+    torch.save({"model": torch.zeros(2)}, checkpoint / "shared.pt")  # readable, but another program's
+    proc = run("sac.py", args + ["--total-steps", "200", "--resume", "yes"], workdir, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "step_000000000100/shared.pt is not a checkpoint of these scripts; delete that directory" in proc.stderr
 
 
 def test_unwritable_runs_and_a_failed_checkpoint_write_stop_with_one_line(workdir):

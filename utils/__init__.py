@@ -506,6 +506,8 @@ def load_checkpoint(path: str, rank: int, world_size: int) -> tuple[dict, dict]:
     shared, error = load("shared.pt")
     if error:
         fail("--resume", f"cannot read {path}/shared.pt ({error}); {advice}")
+    if not isinstance(shared, dict) or not {"world_size", "iteration", "args"} <= shared.keys():  # another program's
+        fail("--resume", f"{path}/shared.pt is not a checkpoint of these scripts; {advice}")
     if shared["world_size"] != world_size:  # before any rank looks for a rank file that may not exist
         fail("--resume", f"{path} was written by {shared['world_size']} process(es); resume with as many")
     local, error = load(f"rank{rank}.pt")
