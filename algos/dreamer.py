@@ -1414,6 +1414,7 @@ if __name__ == "__main__":
                     a, first, ep_return = torch.zeros(1, act_dim, device=device), np.ones(1, dtype=bool), 0.0
                     for length in range(1, sys.maxsize if limited else EVAL_STEP_CAP + 1):
                         a, d, s = policy({k: v[None] for k, v in eval_obs.items()}, d, s, a, first)
+                        a = a if discrete else a.clamp(-1, 1)  # fed back clipped, as in training
                         eval_obs, reward, terminated, truncated, _ = eval_env.step(to_env_action(a.cpu().numpy())[0])
                         first[:] = False
                         ep_return += float(reward)
