@@ -422,8 +422,8 @@ class SequenceReplay:
 
     def state_dict(self) -> dict:
         return {"pos": list(self.pos), "size": list(self.size), "added": self.added} | {
-            k: v[:, : max(self.size)].clone() for k, v in self.data.items()
-        }
+            k: v if max(self.size) == self.capacity else v[:, : max(self.size)].clone() for k, v in self.data.items()
+        }  # a slice would save the whole storage, hence the copy; a full replay is saved as it is (no second copy in RAM)
 
     def load_state_dict(self, state: dict) -> None:
         if max(state["size"]) > self.capacity:
@@ -1027,6 +1027,12 @@ if __name__ == "__main__":
                 f"--total-steps {args.total_steps} is not a multiple of {P} policy steps per iteration; "
                 f"running {plan['policy_steps']} (the remainder {args.total_steps % P} is dropped)"
             )
+        cadences = [("log_every", args.log_every), ("checkpoint_every", args.checkpoint_every)]
+        cadences += [("video_every", args.video_every)] if args.capture_video else []
+        for flag, every in cadences:
+            if every % P:  # sheeprl warns alike
+                warn(f"--{flag.replace('_', '-')} {every} is not a multiple of {P} policy steps per iteration; it happens at "
+                     "the first iteration past each multiple")  # fmt: skip
         if plan["training_iterations"] == 0:
             warn(f"--learning-starts {args.learning_starts} covers the whole run: no training will happen")
         print(format_plan(plan, args.replay_ratio, args.per_rank_pretrain_steps, args.action_repeat), flush=True)

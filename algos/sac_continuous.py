@@ -324,7 +324,8 @@ class ReplayBuffer:
         return [tuple(getattr(self, name).index_select(0, i) for name in self.fields) for i in idx]  # faster than [i]
 
     def state_dict(self) -> dict:
-        fields = {k: getattr(self, k)[: self.size].to("cpu", copy=True) for k in self.fields}  # copies: a slice saves it all
+        # a slice would save its whole storage, hence the copy; a full buffer on the CPU is saved as it is (no second copy)
+        fields = {k: getattr(self, k)[: self.size].to("cpu", copy=self.size < self.capacity) for k in self.fields}
         return {"pos": self.pos, "size": self.size} | fields
 
     def load_state_dict(self, state: dict) -> None:
@@ -571,6 +572,11 @@ if __name__ == "__main__":
                 f"--total-steps {args.total_steps} is not a multiple of {P} policy steps per iteration; "
                 f"running {plan['policy_steps']} (the remainder {args.total_steps % P} is dropped)"
             )
+        cadences = [("log_every", args.log_every), ("checkpoint_every", args.checkpoint_every)]
+        for flag, every in cadences:
+            if every % P:  # sheeprl warns alike
+                warn(f"--{flag.replace('_', '-')} {every} is not a multiple of {P} policy steps per iteration; it happens at "
+                     "the first iteration past each multiple")  # fmt: skip
         if plan["training_iterations"] == 0:
             warn(f"--learning-starts {args.learning_starts} covers the whole run: no training will happen")
         print(format_plan(plan, args.replay_ratio, args.per_rank_pretrain_steps, args.action_repeat), flush=True)

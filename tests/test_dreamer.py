@@ -306,6 +306,9 @@ def test_replay_state_round_trip():
     assert other.pos == rb.pos and other.size == rb.size and other.added == rb.added
     n = max(rb.size)  # the stored steps (the rest of the storage is never written or read)
     assert all(torch.equal(other.data[k][:, :n], rb.data[k][:, :n]) for k in rb.data)
+    assert all(state[k].untyped_storage().nbytes() == rb.data[k][:, :n].nbytes for k in rb.data)  # only what is stored
+    fill(rb, 40)  # full: saved as it is, without a second copy of the whole replay in memory
+    assert all(rb.state_dict()[k].data_ptr() == rb.data[k].data_ptr() for k in rb.data)
 
 
 # ---------------------------------------------------------------- behaviour: actor-critic losses, slow critic, defaults

@@ -83,11 +83,16 @@ def test_torchrun_worked_case_1_and_ranks_in_sync(workdir):
 
 
 def test_torchrun_worked_case_4_one_warning(workdir):
-    args = FAST + ["--total-steps", "1001", "--num-envs", "4", "--learning-starts", "1001"]
+    args = FAST + ["--total-steps", "1001", "--num-envs", "4", "--learning-starts", "1001", "--checkpoint-every", "100",
+                   "--run-name", "c4"]  # fmt: skip
     proc = ok(run("sac.py", args, workdir, nproc=2))
-    led = ledger(workdir)
+    led = ledger(workdir, "c4")
     assert (led["plan"]["iterations"], led["actual"]["policy_steps"]) == (125, 1000)
     assert proc.stderr.count("warning: --total-steps 1001 is not a multiple of 8") == 1
+    # a cadence that is not a multiple of the 8 policy steps per iteration: said once, then at the first step past each
+    assert proc.stderr.count("warning: --checkpoint-every 100 is not a multiple of 8 policy steps") == 1
+    assert "--log-every" not in proc.stderr  # 200 is a multiple of 8
+    assert [p.name for p in sorted((workdir / "runs/c4/checkpoints").iterdir())] == ["step_000000000904", "step_000000001000"]
 
 
 def test_fixed_alpha_without_autotune_zero_included(workdir):

@@ -150,6 +150,10 @@ def test_replay_buffer_wraps_around_and_round_trips():
     for name in rb.fields:
         assert torch.equal(getattr(copy, name), getattr(rb, name))
     assert (copy.pos, copy.size) == (3, 5)
+    assert rb.state_dict()["obs"].data_ptr() == rb.obs.data_ptr()  # full: saved as it is, no second copy in memory
+    part = sac.ReplayBuffer(5, 2, 1, torch.device("cpu"))
+    part.add(np.ones((2, 2)), np.ones((2, 2)), np.ones((2, 1)), np.ones(2), np.zeros(2))
+    assert part.state_dict()["obs"].untyped_storage().nbytes() == 2 * 2 * 4  # partly full: only the stored rows
     batches = rb.sample(3, 4)
     assert len(batches) == 3 and batches[0][0].shape == (4, 2)
     assert torch.equal(batches[0][1], batches[0][0] + 0.5)  # rows stay aligned across fields

@@ -498,7 +498,8 @@ def load_checkpoint(path: str, rank: int, world_size: int) -> tuple[dict, dict]:
 
     def load(name: str):  # (state, None) or (None, why it cannot be read)
         try:
-            return torch.load(os.path.join(path, name), map_location="cpu", weights_only=True), None
+            # mmap: a replay is copied into the preallocated buffers from the file, not loaded into RAM beside them
+            return torch.load(os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True), None
         except Exception as e:  # missing, truncated or not a checkpoint
             return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
