@@ -119,11 +119,11 @@ class Args:
     """global policy steps of uniformly random actions before training (at least sequence length x P)"""
     replay_ratio: ExactRatio = Fraction(1, 8)
     """global gradient steps per global policy step once training starts (train_ratio = this x batch x length)"""
-    per_rank_pretrain_steps: int = 0
+    per_rank_pretrain_steps: Steps = 0
     """if > 0, the first training iteration does exactly this many gradient steps per rank"""
     learning_rate: float = 4e-5
     """LaProp learning rate (one optimiser for world model, actor and critic)"""
-    warmup: int = 1000
+    warmup: Steps = 1000
     """gradient steps of linear learning-rate warm-up from 0"""
     agc: float = 0.3
     """adaptive gradient clipping: a parameter's gradient norm is clipped to agc x max(1e-3, its norm)"""

@@ -117,7 +117,7 @@ class Args:
     """global policy steps of uniformly random actions before training"""
     replay_ratio: ExactRatio = Fraction(1)
     """global gradient steps per global policy step once training starts (exact: 0.5, 0.75, 1/3)"""
-    per_rank_pretrain_steps: int = 0
+    per_rank_pretrain_steps: Steps = 0
     """if > 0, the first training iteration does exactly this many gradient steps per rank"""
     policy_lr: float = 3e-4
     """the learning rate of the policy network optimizer"""

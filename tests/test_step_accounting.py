@@ -117,6 +117,10 @@ def test_cli_steps_and_ratio_types():
     assert args.total_steps == 1_000_000 and isinstance(args.total_steps, int)
     assert args.learning_starts == 5000 and args.replay_ratio == Fraction(1, 3)
     assert tyro.cli(sac.Args, args=["--replay-ratio", "0.75"]).replay_ratio == Fraction(3, 4)
+    for script, flags in [(sac, ["--per-rank-pretrain-steps", "--per-rank-buffer-size", "--checkpoint-every"]),
+                          (load_script("dreamer"), ["--per-rank-pretrain-steps", "--warmup", "--video-every"])]:  # fmt: skip
+        counts = tyro.cli(script.Args, args=[a for flag in flags for a in (flag, "1e3")])  # every step count takes 1e3
+        assert [getattr(counts, f[2:].replace("-", "_")) for f in flags] == [1000] * len(flags)
     with pytest.raises(SystemExit) as e:
         tyro.cli(sac.Args, args=["--total-steps", "1.5"])
     assert e.value.code == 2
