@@ -43,7 +43,7 @@ def run(args: list[str], run_name: str, out: Path) -> tuple[dict, float]:
 
 
 def speed(presets: list[str], steps: int) -> None:
-    out = ROOT / "runs" / "benchmarks" / "dreamer_speed"
+    out = ROOT / "runs" / "benchmarks" / "dreamer_speed" / str(int(time.time()))  # a new directory per call
     res = RESULTS / "dreamer_speed"
     out.mkdir(parents=True, exist_ok=True), res.mkdir(parents=True, exist_ok=True)
     rows = []

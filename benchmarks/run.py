@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     jobs = []
     for env_id in args.env_ids:
         for seed in args.seeds:
-            run_name = f"{env_id}__{exp_name}__{seed}__{stamp}"
+            run_name = f"{env_id.replace('/', '-').replace(':', '-')}__{exp_name}__{seed}__{stamp}"  # as the scripts name runs
             job_flags = ["--env-id", env_id, "--seed", str(seed), "--run-name", run_name] + flags + extra
             jobs.append(
                 {
