@@ -900,22 +900,19 @@ def validate(args: Args) -> None:
         fail("--replay-ratio", f"got {args.replay_ratio}; use 0 (never train) or a positive ratio such as 1/8")
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
         fail("--image-size", f"got {args.image_size}; use a power of two of at least 8, such as 64")
-    for flag, value in [
-        ("--lam", args.lam),
-        ("--beta1", args.beta1),
-        ("--beta2", args.beta2),
-        ("--slow-critic-rate", args.slow_critic_rate),
-    ]:
+    for flag, value in [("--lam", args.lam), ("--slow-critic-rate", args.slow_critic_rate)]:
         if not 0 <= value <= 1:
             fail(flag, f"got {value}; it must be in [0, 1]")
-    if not 0 <= args.unimix < 1:
-        fail("--unimix", f"got {args.unimix}; it must be in [0, 1)")
+    for flag, value in [("--beta1", args.beta1), ("--beta2", args.beta2), ("--unimix", args.unimix)]:
+        if not 0 <= value < 1:  # the optimizer's bias correction divides by 1 - beta**t
+            fail(flag, f"got {value}; it must be in [0, 1)")
     if not args.horizon > 1:
         fail("--horizon", f"got {args.horizon}; it must be greater than 1 (333 in the paper)")
     for flag, value in [("--learning-rate", args.learning_rate), ("--adam-eps", args.adam_eps)]:
         if not 0 < value < math.inf:
             fail(flag, f"got {value}; it must be positive and finite")
-    for flag, value in [("--agc", args.agc), ("--actent", args.actent), ("--free-nats", args.free_nats)]:
+    nonnegative = [("--agc", args.agc), ("--actent", args.actent), ("--free-nats", args.free_nats)]
+    for flag, value in nonnegative + [(f"--{k}-scale", getattr(args, f"{k}_scale")) for k in ("dyn", "rep", "repval")]:
         if not 0 <= value < math.inf:
             fail(flag, f"got {value}; it must be finite and at least 0")
     P, T = args.world_size * args.num_envs, args.per_rank_sequence_length

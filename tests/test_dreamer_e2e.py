@@ -193,6 +193,8 @@ BAD = [
     (["--seed", "-3"], "--seed: got -3"),
     (["--seed", "2147483648"], "--seed: got 2147483648; it must be below 2**31"),
     (["--agc", "nan"], "--agc: got nan; it must be finite and at least 0"),
+    (["--beta1", "1"], "--beta1: got 1.0; it must be in [0, 1)"),  # LaProp's bias correction would divide by zero
+    (["--dyn-scale", "-1"], "--dyn-scale: got -1.0; it must be finite and at least 0"),
     (["--capture-video"], "--capture-video: records real vs. imagined frames of image observations; CartPole-v1 has none"),
     (["--env-id", "steprl_testenvs:MissingExtra-v0"], "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled"),
     (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: a full replay takes"),

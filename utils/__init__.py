@@ -347,8 +347,8 @@ def check_run_dir(run_name: str | None, resume: str) -> None:
         if resume == "yes" or (resume == "auto" and elastic_id is None):  # under torchrun its run id marker finds the run
             fail("--resume", f"`--resume {resume}` needs `--run-name NAME` to know which run to continue")
         if resume == "auto" and elastic_id == "none" and os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0":
-            fail("--resume", "a restarted worker finds its run by torchrun's run id, which is 'none' for every launch without "
-                 "--standalone: add `--standalone` (one node) or a unique `--rdzv-id`, or give `--run-name NAME`")  # fmt: skip
+            fail("--resume", "a restarted worker finds its run by torchrun's run id, which is 'none' for this launch (and "
+                 "others like it): add `--standalone` (one node) or a unique `--rdzv-id`, or `--run-name NAME`")  # fmt: skip
         return
     if os.path.isabs(run_name) or ".." in run_name.split("/") or not run_name.strip("./ ") or run_name != run_name.strip():
         fail("--run-name", f"{run_name!r} must be a plain name (it becomes runs/<name>/); no '..', absolute paths or "
