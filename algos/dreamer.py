@@ -1297,7 +1297,7 @@ if __name__ == "__main__":
         # TRY NOT TO MODIFY: store one step per policy step; with same-step autoreset an ended episode's last obs is
         # in `final_obs` and the returned obs starts the next episode (stored as an extra is_first step)
         finals = [v for i in np.flatnonzero(done) for v in infos["final_obs"][i].values()]
-        check_env_output(args.env_id, [rewards, *next_obs.values(), *finals], policy_step, rank, writer)
+        check_env_output(args.env_id, [rewards, *next_obs.values(), *finals], policy_step, rank, writer, actions)
         for i in range(m):
             final = infos["final_obs"][i] if done[i] else {k: v[i] for k, v in next_obs.items()}
             rb.add(i, final | {"action": actions[i], "reward": rewards[i], "is_last": done[i], "is_terminal": terminations[i]})

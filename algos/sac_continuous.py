@@ -724,7 +724,7 @@ if __name__ == "__main__":
         real_next_obs = next_obs.copy()
         if done.any():
             real_next_obs[done] = np.stack(infos["final_obs"][done])
-        check_env_output(args.env_id, [next_obs, real_next_obs, rewards], policy_step, rank, writer)
+        check_env_output(args.env_id, [next_obs, real_next_obs, rewards], policy_step, rank, writer, actions)
         rb.add(obs, real_next_obs, actions, rewards, terminations)
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook

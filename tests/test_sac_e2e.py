@@ -336,6 +336,14 @@ def test_nan_from_the_env_stops_with_one_line(workdir, env_id, step):  # after a
         assert proc.returncode != 0 and f"{message} 120 (rank " in proc.stderr
 
 
+def test_diverged_training_is_blamed_not_the_env(workdir):
+    """Learning rates of 1e6 make the networks NaN within a few updates: the NaN actions, not the env, are named."""
+    args = FAST + ["--total-steps", "600", "--learning-starts", "100", "--q-lr", "1e6", "--policy-lr", "1e6"]
+    proc = run("sac.py", args, workdir, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: training diverged: the agent's actions at policy step" in proc.stderr and "--env-id" not in proc.stderr
+
+
 def test_bad_input_under_torchrun_stops_without_hang(workdir):
     proc = run("sac.py", FAST + ["--num-envs", "0"], workdir, nproc=2, timeout=90)
     assert proc.returncode != 0

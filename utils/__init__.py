@@ -384,12 +384,18 @@ def check_replay_fits(capacity: int, step_bytes: int, cuda: bool = False) -> Non
              f"use at most {fits}")  # fmt: skip
 
 
-def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int, writer) -> None:
+def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int, writer, actions=None) -> None:
     """Exit 1 at the first NaN or inf an env returns (an observation or a reward): it would silently poison the networks.
-    `writer` (rank 0's, else None) is closed first, so no logged scalar is lost."""
-    if not all(np.isfinite(a).all() for a in arrays):
-        print(f"error: --env-id: {env_id} returned a non-finite observation or reward at policy step {policy_step} (rank "
-              f"{rank}); fix the env, or wrap it to replace NaN and inf", file=sys.stderr, flush=True)  # fmt: skip
+    Non-finite `actions` (the agent's, which the env was given) are blamed instead: training diverged. `writer` (rank
+    0's, else None) is closed first, so no logged scalar is lost."""
+    diverged = actions is not None and not np.isfinite(actions).all()
+    if diverged or not all(np.isfinite(a).all() for a in arrays):
+        where = f"at policy step {policy_step} (rank {rank})"
+        why = (f"training diverged: the agent's actions {where} are not finite; lower the learning rates, or look for NaN "
+               "in the losses" if diverged else  # fmt: skip
+               f"--env-id: {env_id} returned a non-finite observation or reward {where}; fix the env, or wrap it to "
+               "replace NaN and inf")  # fmt: skip
+        print(f"error: {why}", file=sys.stderr, flush=True)
         if writer is not None:
             writer.close()
         os._exit(1)
