@@ -585,6 +585,19 @@ def test_an_error_on_one_node_only_is_printed_by_that_node(workdir):
     assert "error (rank 0): not all 2 processes joined within 30 s; one failed before joining" in stderr
 
 
+def test_an_error_of_one_rank_alone_is_printed_on_one_node_too(workdir):
+    """Rank 1's env module fails to import (rank 0's does not): rank 1 is not its node's first rank, and torchrun stops
+    rank 0 when rank 1 exits, so rank 1 itself must say why."""
+    (workdir / "rank1only.py").write_text(
+        "import os\nimport gymnasium as gym\n"
+        "if os.environ.get('RANK') == '1':\n    raise ImportError('broken for rank 1')\n"
+        "gym.register('PendulumR-v0', entry_point='gymnasium.envs.classic_control.pendulum:PendulumEnv', "
+        "max_episode_steps=200)\n"
+    )
+    proc = run("sac.py", FAST + ["--env-id", "rank1only:PendulumR-v0", "--total-steps", "400"], workdir, nproc=2, timeout=90)
+    assert proc.returncode != 0 and "error (rank 1): --env-id: cannot import module 'rank1only'" in proc.stderr
+
+
 def test_a_run_name_in_use_by_a_running_process_is_refused(workdir):
     args = FAST + ["--total-steps", "20000", "--learning-starts", "100", "--checkpoint-every", "200", "--run-name", "busy"]
     first = subprocess.Popen(command("sac.py", args), cwd=workdir, env=script_env(), stdout=subprocess.DEVNULL,

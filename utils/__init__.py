@@ -66,10 +66,11 @@ def fail(flag: str, message: str) -> None:
     """Bad input: one clear line naming the flag and the fix, exit status 2, no traceback (every rank exits)."""
     if is_main_process():
         print(f"error: {flag}: {message}", file=sys.stderr, flush=True)
-    else:  # most errors stop every rank alike: rank 0 prints, and torchrun stops this rank while it waits; if it lives
-        time.sleep(5)  # on, the error may be its node's alone (a missing module, less memory): its first rank says so
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"error (rank {os.environ['RANK']}): {flag}: {message}", file=sys.stderr, flush=True)
+    else:  # most errors stop every rank alike: rank 0 prints, and torchrun stops this rank while it waits. One that lives
+        # on meets an error of its own or its node's (a missing module): a node's first rank says so after 5 s, and
+        # (if that one did not fail alike and stop the node) any other after 10 s
+        time.sleep(5 if os.environ.get("LOCAL_RANK", "0") == "0" else 10)
+        print(f"error (rank {os.environ['RANK']}): {flag}: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(2)
 
