@@ -2,7 +2,9 @@
 # exact step accounting and torchrun scaling. Follows the official JAX implementation danijar/dreamerv3 (2024-2025
 # code: dreamerv3/agent.py, rssm.py, embodied/jax/*) in PyTorch; docs, sources per component and every deliberate
 # deviation: algos/dreamer.md. Step vocabulary and ledger: algos/dreamer.md ("How steps are counted").
+import contextlib
 import copy
+import io
 import json
 import math
 import os
@@ -41,6 +43,7 @@ from steprl.utils import (
     final_exit_code,
     find_checkpoint,
     interrupt_cleanly,
+    is_main_process,
     load_checkpoint,
     load_states,
     resolve_run_name,
@@ -973,7 +976,8 @@ def validate(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    with contextlib.nullcontext() if is_main_process() else contextlib.redirect_stderr(io.StringIO()):
+        args = tyro.cli(Args)  # under torchrun rank 0 alone prints a parse error
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))  # derived, not a flag
     validate(args)
     interrupt_cleanly()

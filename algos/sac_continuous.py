@@ -2,6 +2,8 @@
 # Paper: Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications" (arXiv:1812.05905).
 # Follows CleanRL's sac_continuous_action.py (defaults, networks, delayed policy updates, entropy tuning);
 # docs: algos/sac_continuous.md, including the step vocabulary and the ledger ("How steps are counted").
+import contextlib
+import io
 import json
 import math
 import os
@@ -39,6 +41,7 @@ from steprl.utils import (
     final_exit_code,
     find_checkpoint,
     interrupt_cleanly,
+    is_main_process,
     load_checkpoint,
     load_states,
     resolve_run_name,
@@ -533,7 +536,8 @@ def validate(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    with contextlib.nullcontext() if is_main_process() else contextlib.redirect_stderr(io.StringIO()):
+        args = tyro.cli(Args)  # under torchrun rank 0 alone prints a parse error
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))  # derived, not a flag
     validate(args)
     interrupt_cleanly()

@@ -42,6 +42,8 @@ def parse_fraction(text: str) -> Fraction:
         return Fraction(text.strip())
     except ZeroDivisionError:
         raise ValueError(f"{text!r} divides by zero") from None
+    except ValueError:
+        raise ValueError(f"{text!r} is not a ratio; give a number such as 0.75 or a fraction such as 1/3") from None
 
 
 def _cli_type(metavar: str, parse, types: tuple) -> PrimitiveConstructorSpec:
