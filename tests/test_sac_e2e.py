@@ -387,7 +387,7 @@ def test_sigterm_stops_with_the_resume_hint(workdir, checkpoint):
         hint = f"continue from {os.path.join('runs', run_dir.name, 'checkpoints', newest.name)} with the same flags and "
         assert f"{hint}`--run-name {run_dir.name} --resume yes`" in err
     else:
-        assert "no checkpoint was written, so it cannot resume (--checkpoint-every N writes them)" in err
+        assert "no checkpoint was written yet, so it cannot resume (--checkpoint-every N writes them)" in err
 
 
 def test_env_without_time_limit_evaluation_stops_at_the_cap(workdir):
@@ -506,7 +506,11 @@ def test_run_directory_is_never_reused_or_escaped(workdir):
     ok(run("sac.py", args, workdir))  # a finished run without checkpoints
     before = (workdir / "runs" / "done" / "steps.json").read_text()
     auto = run("sac.py", args + ["--resume", "auto"], workdir, timeout=60)
-    assert auto.returncode == 2 and "holds a run without a checkpoint to continue" in auto.stderr
+    assert (
+        auto.returncode == 2
+        and "holds a run without a checkpoint to continue; choose another --run-name, or delete runs/done to start it over"
+        in auto.stderr
+    )
     assert (workdir / "runs" / "done" / "steps.json").read_text() == before
 
 

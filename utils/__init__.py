@@ -370,7 +370,8 @@ def check_run_dir(run_name: str | None, resume: str) -> None:
     if resume == "auto" and held and not checkpointed and not (restarted and ours and unfinished):  # that restart: start over
         if ours and not restarted and is_main_process():  # an older launch's marker (a reused --rdzv-id): restarts refuse too
             os.remove(marker)
-        fail("--resume", f"{run_dir} holds a run without a checkpoint to continue; choose another --run-name")
+        fail("--resume", f"{run_dir} holds a run without a checkpoint to continue; choose another --run-name, or delete "
+             f"{run_dir} to start it over")  # fmt: skip
 
 
 def check_replay_fits(capacity: int, step_bytes: int, cuda: bool = False) -> None:
@@ -415,7 +416,7 @@ def interrupt_cleanly() -> None:
             found = list_checkpoints(os.path.join(RUN_DIR[0], "checkpoints")) if RUN_DIR else []
             name = os.path.basename(RUN_DIR[0]) if RUN_DIR else ""
             hint = (f"continue from {found[-1]} with the same flags and `--run-name {name} --resume yes`" if found
-                    else "no checkpoint was written, so it cannot resume (--checkpoint-every N writes them)")  # fmt: skip
+                    else "no checkpoint was written yet, so it cannot resume (--checkpoint-every N writes them)")  # fmt: skip
             warn(f"{signal.Signals(signum).name}: stopped; {hint}")
         os._exit(128 + signum)
 
