@@ -100,6 +100,8 @@ def check_env_id(env_id: str) -> tuple:
         close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.6)
         close = [f"{module}:{c}" if name != env_id else c for c in close]  # ids that work as --env-id, module included
         hint = f"closest registered ids: {', '.join(close)}" if close else "see gymnasium.pprint_registry()"
+        if name == env_id and name.startswith("ALE/"):  # Atari ids exist once ale_py is imported
+            hint = f"Atari ids are registered by ale_py: `pip install ale-py`, then `--env-id ale_py:{name}`"
         fail("--env-id", f"unknown environment {name!r}; {hint}")
     try:
         env = gym.make(env_id)
