@@ -3,7 +3,8 @@ observations, 1 process, 1 torch thread). The learning curves come from benchmar
 
     python benchmarks/dreamer_speed.py --presets tiny size1m --steps 2   # writes benchmarks/results/dreamer_speed/
 
-Runs go to runs/benchmarks/dreamer_speed (not committed); the tables (CSV + markdown) are committed. Everything offline.
+Runs go to runs/benchmarks/dreamer_speed/<unix time> (not committed); the tables (CSV + markdown) are committed.
+Everything offline.
 """
 
 import argparse

@@ -1,6 +1,7 @@
 # Benchmark launcher: one script x env ids x seeds, several runs at once, each optionally under torchrun.
-# Every run gets a fixed run directory `<out>/runs/{env_id}__{exp_name}__{seed}__{unix time}`, a log file, its wall
-# time and peak memory, and a line in `<out>/manifest.json`; `WANDB_TAGS` names the code version (`git describe`).
+# Every run gets a fixed run directory `<out>/runs/{env_id}__{exp_name}__{seed}__{unix time}` ('/' and ':' of the env
+# id as '-'), a log file, its wall time and peak memory, and a line in `<out>/manifest.json`; `WANDB_TAGS` names the
+# code version (`git describe`).
 # The report (benchmarks/report.py) is run on `<out>` at the end. Usage: benchmarks/README.md.
 #
 #   python benchmarks/run.py --script algos/sac.py --env-ids Pendulum-v1 --seeds 1 2 3 --total-steps 20000

@@ -351,6 +351,8 @@ def test_bad_input_under_torchrun_stops_without_hang(workdir):
     assert "error: --num-envs: got 0; it must be at least 1" in proc.stderr
     parse = run("sac.py", FAST + ["--replay-ratio", "abc"], workdir, nproc=2, timeout=90)  # tyro's box, from rank 0 alone
     assert parse.returncode != 0 and parse.stderr.count("'abc' is not a ratio") == 1
+    timeout = run("sac.py", FAST, workdir, nproc=2, timeout=90, env=script_env() | {"STEPRL_TIMEOUT": "soon"})
+    assert timeout.returncode != 0 and "error: STEPRL_TIMEOUT: got 'soon'; give a positive number of seconds" in timeout.stderr
     resume = run("sac.py", FAST + ["--resume", "yes"], workdir, nproc=2, timeout=90, torchrun_args=("--max-restarts=1",))
     assert resume.returncode != 0 and "`--resume yes` needs `--run-name NAME`" in resume.stderr
     assert not (workdir / "runs").exists()

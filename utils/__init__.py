@@ -123,6 +123,15 @@ def keep_freed_memory() -> None:
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: hand heap memory back to the OS only past 1 GiB free
 
 
+def env_seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+        assert 0 < value < math.inf
+    except (ValueError, AssertionError):
+        fail(name, f"got {os.environ[name]!r}; give a positive number of seconds (default {default:g}; keep it above 10 s)")
+    return value
+
+
 def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.device]:
     """Read torchrun's RANK/LOCAL_RANK/WORLD_SIZE; start the process group only when WORLD_SIZE > 1."""
     keep_freed_memory()
@@ -136,10 +145,10 @@ def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.de
         torch.set_num_threads(threads)
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        timeout = timedelta(seconds=float(os.environ.get("STEPRL_TIMEOUT", "1800")))  # of a collective (torch's default)
+        timeout = timedelta(seconds=env_seconds("STEPRL_TIMEOUT", 1800))  # of a collective (torch's default)
         # joining has its own, shorter timeout: a rank that failed before joining (on another node, whose torchrun agent
         # does not stop this one) would otherwise keep the others waiting for the full 30 minutes
-        join = timedelta(seconds=float(os.environ.get("STEPRL_JOIN_TIMEOUT", "300")))
+        join = timedelta(seconds=env_seconds("STEPRL_JOIN_TIMEOUT", 300))
         agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # hosted by torchrun, else by rank 0
         try:
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
@@ -157,22 +166,24 @@ def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.de
         store.set_timeout(timeout)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
         STORE[:] = [store]
-        sys.excepthook = lost_peer  # replaces torch's hook, which prints a traceback per rank
+        TORCH_HOOK[:], sys.excepthook = [sys.excepthook], lost_peer  # torch's hook prints a traceback per rank
     return rank, local_rank, world_size, device
 
 
 STORE: list = []  # the job's key-value store (torchrun's or rank 0's), once the process group is up
+TORCH_HOOK: list = []  # torch.distributed's excepthook, which lost_peer hands every other error
 
 
 def lost_peer(kind, value, tb) -> None:
-    """An uncaught error of a collective (another rank stopped, often after its own one-line error, or the timeout
-    passed): exit 1 with one line instead of a traceback from every rank. Other errors keep their traceback."""
-    if isinstance(value, dist.DistError) or (isinstance(value, RuntimeError) and "gloo" in str(value).lower()):
+    """A collective that failed because another rank stopped (often after its own one-line error): exit 1 with one
+    line instead of a traceback from every rank. Other errors, a timeout included (a stall, or ranks out of step), keep
+    torch's rank-prefixed traceback."""
+    if isinstance(value, RuntimeError) and any(s in str(value) for s in ("reset by peer", "closed by peer", "Broken pipe")):
         why = re.sub(r"^\[[^\]]*\] ", "", str(value)).split(". ")[0]  # drop gloo's source location and its advice
-        print(f"error (rank {os.environ.get('RANK', 0)}): another process of this job stopped or stalled ({why}); its "
-              "output says why", file=sys.stderr, flush=True)  # fmt: skip
+        print(f"error (rank {os.environ.get('RANK', 0)}): another process of this job stopped ({why}); its output says "
+              "why", file=sys.stderr, flush=True)  # fmt: skip
         os._exit(1)
-    sys.__excepthook__(kind, value, tb)
+    TORCH_HOOK[0](kind, value, tb)
 
 
 def teardown(code: int = 0) -> None:
@@ -510,8 +521,9 @@ def load_checkpoint(path: str, rank: int, world_size: int) -> tuple[dict, dict]:
 
     def load(name: str):  # (state, None) or (None, why it cannot be read)
         try:
-            # mmap: a replay is copied into the preallocated buffers from the file, not loaded into RAM beside them
-            return torch.load(os.path.join(path, name), map_location="cpu", weights_only=True, mmap=True), None
+            # mmap: a rank's replay is copied into the preallocated buffers from the file, not loaded into RAM beside them
+            mmap = name != "shared.pt"  # the small shared state is read at once: its file may be rotated away later
+            return torch.load(os.path.join(path, name), map_location="cpu", weights_only=True, mmap=mmap), None
         except Exception as e:  # missing, truncated or not a checkpoint
             return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
