@@ -288,7 +288,7 @@ BAD = [
     (["--env-id", "steprl_testenvs:Countdwn-v0"], "closest registered ids: steprl_testenvs:Countdown-v0"),  # usable ids
     (["--env-id", "ALE/Pong-v5"], "Atari ids are registered by ale_py: `pip install ale-py`, then `--env-id ale_py:ALE/Pong"),
     (["--replay-ratio", "-1"], "--replay-ratio"),
-    (["--run-name", " "], "--run-name: ' ' must be a plain name"),
+    (["--run-name", " "], "--run-name: ' ' must be a name or a relative path under runs/"),
     (["--gamma", "1.5"], "--gamma"),
     (["--per-rank-batch-size", "0"], "--per-rank-batch-size"),
     (["--resume", "yes"], "--run-name"),
@@ -504,7 +504,7 @@ def test_custom_env_module_from_the_working_directory_without_render_mode(workdi
 
 def test_run_directory_is_never_reused_or_escaped(workdir):
     escaped = run("sac.py", FAST + ["--total-steps", "100", "--run-name", "../out"], workdir, timeout=60)
-    assert escaped.returncode == 2 and "--run-name: '../out' must be a plain name" in escaped.stderr
+    assert escaped.returncode == 2 and "--run-name: '../out' must be a name or a relative path under runs/" in escaped.stderr
     args = FAST + ["--total-steps", "100", "--learning-starts", "50", "--run-name", "done"]
     ok(run("sac.py", args, workdir))  # a finished run without checkpoints
     before = (workdir / "runs" / "done" / "steps.json").read_text()

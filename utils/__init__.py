@@ -367,7 +367,7 @@ def check_run_dir(run_name: str | None, resume: str) -> None:
                  "others like it): add `--standalone` (one node) or a unique `--rdzv-id`, or `--run-name NAME`")  # fmt: skip
         return
     if os.path.isabs(run_name) or ".." in run_name.split("/") or not run_name.strip("./ ") or run_name != run_name.strip():
-        fail("--run-name", f"{run_name!r} must be a plain name (it becomes runs/<name>/); no '..', absolute paths or "
+        fail("--run-name", f"{run_name!r} must be a name or a relative path under runs/; no '..', absolute paths or "
              "surrounding spaces")  # fmt: skip
     run_dir = os.path.join("runs", run_name)
     held = os.path.isdir(run_dir) and any(f.startswith("events.out") or f == "steps.json" for f in os.listdir(run_dir))
