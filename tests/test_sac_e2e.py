@@ -594,6 +594,33 @@ def test_an_error_on_one_node_only_is_printed_by_that_node(workdir):
     assert "error (rank 0): not all 2 processes joined within 30 s; one failed before joining" in stderr
 
 
+def test_a_node_restarted_because_another_failed_joins_the_same_attempt(workdir):
+    """Two torchrun agents with c10d rendezvous stand for two nodes. Rank 1's env module fails once, before joining:
+    its agent restarts it (TORCHELASTIC_RESTART_COUNT 1), and rank 0's agent restarts rank 0 only because the other
+    node re-joined, without counting a restart (0). Both must still meet in one attempt and finish the run, not wait
+    out the join timeout on different store prefixes."""
+    (workdir / "flaky.py").write_text(
+        "import os\nimport gymnasium as gym\n"
+        "if os.environ.get('RANK') == '1' and not os.path.exists('failed_once'):\n"
+        "    open('failed_once', 'w').close()\n    raise ImportError('a transient failure')\n"
+        "gym.register('PendulumF-v0', entry_point='gymnasium.envs.classic_control.pendulum:PendulumEnv', "
+        "max_episode_steps=200)\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+             f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=twonodes", "--max-restarts=1", "--monitor-interval=0.5",
+             str(ALGOS / "sac.py"), *FAST, "--env-id", "flaky:PendulumF-v0", "--total-steps", "400"]  # fmt: skip
+    env = script_env() | {"STEPRL_JOIN_TIMEOUT": "60"}
+    nodes = [subprocess.Popen(agent, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    stderr = "".join(node.communicate(timeout=150)[1] for node in nodes)
+    assert [node.returncode for node in nodes] == [0, 0], stderr[-3000:]
+    assert "error (rank 1): --env-id: cannot import module 'flaky'" in stderr and "not all 2" not in stderr
+    check_ledger_equals_plan(ledger(workdir))
+
+
 def test_an_error_of_one_rank_alone_is_printed_on_one_node_too(workdir):
     """Rank 1's env module fails to import (rank 0's does not): rank 1 is not its node's first rank, and torchrun stops
     rank 0 when rank 1 exits, so rank 1 itself must say why."""

@@ -153,12 +153,7 @@ def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.de
         try:
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
                                   rank == 0 and not agent_store, join)  # fmt: skip
-            if agent_store:
-                # torchrun's agent store outlives restarts; without a per-attempt prefix a restarted worker can read the
-                # gloo addresses of the killed attempt and fail with "connectFullMesh ... Connection refused".
-                store = dist.PrefixStore(f"steprl/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-            store.set(f"joined_{rank}", "1")
-            store.wait([f"joined_{r}" for r in range(world_size)], join)
+            store = join_attempt(store, rank, world_size, time.monotonic() + join.total_seconds())
         except Exception as e:
             print(f"error (rank {rank}): not all {world_size} processes joined within {join.total_seconds():.0f} s; one "
                   f"failed before joining, see its output ({type(e).__name__})", file=sys.stderr, flush=True)  # fmt: skip
@@ -172,6 +167,34 @@ def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.de
 
 STORE: list = []  # the job's key-value store (torchrun's or rank 0's), once the process group is up
 TORCH_HOOK: list = []  # torch.distributed's excepthook, which lost_peer hands every other error
+ATTEMPT: list[int] = []  # this launch's attempt (1 = the first), the same on every rank; see join_attempt
+
+
+def join_attempt(store, rank: int, world_size: int, deadline: float):
+    """The store under this attempt's prefix, once every rank joined. torchrun's store outlives restarts, and a key the
+    killed attempt left (its gloo addresses) fails the new one ("connectFullMesh ... Connection refused"). The prefix
+    cannot be TORCHELASTIC_RESTART_COUNT: a node restarted only because another one failed does not count it. Rank 0
+    numbers the attempts and opens each; a rank that joined a stale one (it died before all joined) follows the new."""
+    attempt, here = 0, None
+    if rank == 0:
+        store.set("steprl/open", str(store.add("steprl/attempts", 1)))
+    while not (here and here.check(["all"] if rank else [f"joined_{r}" for r in range(world_size)])):
+        opened = int(store.get("steprl/open")) if store.check(["steprl/open"]) else 0  # 0: none open
+        if opened not in (0, attempt):
+            attempt, here = opened, dist.PrefixStore(f"steprl/attempt_{opened}", store)
+            here.set(f"joined_{rank}", "1")
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.05)
+    if rank == 0:
+        store.set("steprl/open", "0")  # closed before "all": a rank that reads a number never joins a started attempt
+        here.set("all", "1")
+    ATTEMPT[:] = [attempt]
+    return here
+
+
+def restarted() -> bool:  # a worker torchrun restarted, after this node's failure or another's
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 or (ATTEMPT or [1])[0] > 1
 
 
 def lost_peer(kind, value, tb) -> None:
@@ -260,10 +283,10 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
     """The run directory's name, the same on every rank: `{prefix}__{timestamp}` ('/' and ':' as '-'), or, for a worker
     restarted by `torchrun --max-restarts` that may resume, its first attempt's run (with `--resume no`, a new one)."""
     prefix = prefix.replace("/", "-").replace(":", "-")
-    elastic_id, restarted = os.environ.get("TORCHELASTIC_RUN_ID"), int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    elastic_id, again = os.environ.get("TORCHELASTIC_RUN_ID"), restarted()
     if is_main_process():
         created = False
-        if run_name is None and elastic_id is not None and restarted and resume != "no":
+        if run_name is None and elastic_id is not None and again and resume != "no":
             marker = lambda d: os.path.join(runs_root, d, "torchelastic_run_id")  # noqa: E731
             dirs = [d for d in os.listdir(runs_root) if d.startswith(prefix + "__")] if os.path.isdir(runs_root) else []
             run_name = next((d for d in dirs if os.path.exists(marker(d)) and open(marker(d)).read() == elastic_id), None)
@@ -285,7 +308,9 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
                 fcntl.flock(RUN_LOCK[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fail("--run-name", f"runs/{run_name} is in use by a process that is still running; stop it or choose another")
-            if elastic_id is not None and (created or not restarted):  # marks the run as this torchrun launch's
+            if not created:  # a named run: check_run_dir could not tell a restart from a launch that reuses the run id
+                check_run_dir(run_name, resume, again, runs_root)
+            if elastic_id is not None and (created or not again):  # marks the run as this torchrun launch's
                 with open(os.path.join(runs_root, run_name, "torchelastic_run_id"), "w") as f:
                     f.write(elastic_id)
         except OSError as e:
@@ -356,8 +381,9 @@ def check_tracking(track: bool) -> None:
         fail("--track", "no W&B login found: run `wandb login`, or set WANDB_MODE=offline and `wandb sync` later")
 
 
-def check_run_dir(run_name: str | None, resume: str) -> None:
-    """Exit 2 when `--run-name` escapes runs/ or reuses a run it cannot continue, or a resume has no run to look in."""
+def check_run_dir(run_name: str | None, resume: str, again: bool | None = None, runs_root: str = "runs") -> None:
+    """Exit 2 when `--run-name` escapes runs/ or reuses a run it cannot continue, or a resume has no run to look in.
+    `again`: whether this is a torchrun restart, None before the process group tells (resolve_run_name checks again)."""
     if run_name is None:
         elastic_id = os.environ.get("TORCHELASTIC_RUN_ID")
         if resume == "yes" or (resume == "auto" and elastic_id is None):  # under torchrun its run id marker finds the run
@@ -369,7 +395,7 @@ def check_run_dir(run_name: str | None, resume: str) -> None:
     if os.path.isabs(run_name) or ".." in run_name.split("/") or not run_name.strip("./ ") or run_name != run_name.strip():
         fail("--run-name", f"{run_name!r} must be a name or a relative path under runs/; no '..', absolute paths or "
              "surrounding spaces")  # fmt: skip
-    run_dir = os.path.join("runs", run_name)
+    run_dir = os.path.join(runs_root, run_name)
     held = os.path.isdir(run_dir) and any(f.startswith("events.out") or f == "steps.json" for f in os.listdir(run_dir))
     checkpointed = bool(list_checkpoints(os.path.join(run_dir, "checkpoints")))
     if resume == "no" and (held or checkpointed):
@@ -377,11 +403,10 @@ def check_run_dir(run_name: str | None, resume: str) -> None:
     if resume == "yes" and not checkpointed:  # before the run directory is made
         fail("--resume", f"no checkpoint in {run_dir}/checkpoints; use `--resume auto` to start fresh when there is none")
     elastic_id, marker = os.environ.get("TORCHELASTIC_RUN_ID"), os.path.join(run_dir, "torchelastic_run_id")
-    restarted = elastic_id not in (None, "none") and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    ours = os.path.exists(marker) and open(marker).read() == elastic_id  # made by this launch's first attempt, or an old one
-    unfinished = not os.path.exists(os.path.join(run_dir, "steps.json"))
-    if resume == "auto" and held and not checkpointed and not (restarted and ours and unfinished):  # that restart: start over
-        if ours and not restarted and is_main_process():  # an older launch's marker (a reused --rdzv-id): restarts refuse too
+    ours = elastic_id not in (None, "none") and os.path.exists(marker) and open(marker).read() == elastic_id
+    unfinished = not os.path.exists(os.path.join(run_dir, "steps.json"))  # ours: this launch's first attempt or an old one
+    if resume == "auto" and held and not checkpointed and not (ours and unfinished and again is not False):  # a restart
+        if ours and again is False and is_main_process():  # an older launch's marker (a reused --rdzv-id): restarts refuse too
             os.remove(marker)
         fail("--resume", f"{run_dir} holds a run without a checkpoint to continue; choose another --run-name, or delete "
              f"{run_dir} to start it over")  # fmt: skip
