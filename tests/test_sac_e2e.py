@@ -569,6 +569,21 @@ def test_unwritable_runs_and_a_failed_checkpoint_write_stop_with_one_line(workdi
     assert [step for step, _ in scalars(workdir / "runs/full", "charts/")["charts/SPS"]] == [100, 200]  # writer closed
 
 
+def two_nodes(workdir, agent_args, script_args: list[str], join_timeout: int) -> tuple[list[int], str]:
+    """Two torchrun agents on this machine stand for two nodes of one process each (`agent_args(port, node)`: their
+    rendezvous); a short SAC run. Their exit codes and joint stderr."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = [str(ALGOS / "sac.py"), *FAST, "--total-steps", "400", *script_args]
+    env = script_env() | {"STEPRL_JOIN_TIMEOUT": str(join_timeout)}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               *agent_args(port, n), *script], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in range(2)]  # fmt: skip
+    stderr = "".join(node.communicate(timeout=150)[1] for node in nodes)
+    return [node.returncode for node in nodes], stderr
+
+
 def test_an_error_on_one_node_only_is_printed_by_that_node(workdir):
     """Rank 0 prints the errors all ranks share; one that only another node meets (here its env module fails to
     import, as on a node without a package) must not stop the job silently. Two torchrun agents on this machine stand
@@ -579,17 +594,10 @@ def test_an_error_on_one_node_only_is_printed_by_that_node(workdir):
         "gym.register('PendulumR-v0', entry_point='gymnasium.envs.classic_control.pendulum:PendulumEnv', "
         "max_episode_steps=200)\n"
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--master-addr=127.0.0.1",
-             f"--master-port={port}"]  # static rendezvous: node 0's agent hosts the store and runs rank 0  # fmt: skip
-    script = [str(ALGOS / "sac.py"), *FAST, "--env-id", "rankonly:PendulumR-v0", "--total-steps", "400"]
-    env = script_env() | {"STEPRL_JOIN_TIMEOUT": "30"}  # rank 0 waits this long for rank 1, then stops (default 300 s)
-    nodes = [subprocess.Popen([*agent, f"--node-rank={n}", *script], cwd=workdir, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for n in range(2)]  # fmt: skip
-    stderr = "".join(node.communicate(timeout=120)[1] for node in nodes)
-    assert all(node.returncode != 0 for node in nodes)
+    # static rendezvous: node 0's agent hosts the store and runs rank 0; rank 0 waits 30 s for rank 1 (default 300 s)
+    static = lambda port, n: ["--master-addr=127.0.0.1", f"--master-port={port}", f"--node-rank={n}"]  # noqa: E731
+    codes, stderr = two_nodes(workdir, static, ["--env-id", "rankonly:PendulumR-v0"], join_timeout=30)
+    assert all(code != 0 for code in codes)
     assert "error (rank 1): --env-id: cannot import module 'rankonly'" in stderr and "not installed on this node" in stderr
     assert "error (rank 0): not all 2 processes joined within 30 s; one failed before joining" in stderr
 
@@ -606,17 +614,10 @@ def test_a_node_restarted_because_another_failed_joins_the_same_attempt(workdir)
         "gym.register('PendulumF-v0', entry_point='gymnasium.envs.classic_control.pendulum:PendulumEnv', "
         "max_episode_steps=200)\n"
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
-             f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=twonodes", "--max-restarts=1", "--monitor-interval=0.5",
-             str(ALGOS / "sac.py"), *FAST, "--env-id", "flaky:PendulumF-v0", "--total-steps", "400"]  # fmt: skip
-    env = script_env() | {"STEPRL_JOIN_TIMEOUT": "60"}
-    nodes = [subprocess.Popen(agent, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]  # fmt: skip
-    stderr = "".join(node.communicate(timeout=150)[1] for node in nodes)
-    assert [node.returncode for node in nodes] == [0, 0], stderr[-3000:]
+    rendezvous = ["--rdzv-backend=c10d", "--rdzv-id=twonodes", "--max-restarts=1", "--monitor-interval=0.5"]
+    c10d = lambda port, n: [*rendezvous, f"--rdzv-endpoint=127.0.0.1:{port}"]  # noqa: E731
+    codes, stderr = two_nodes(workdir, c10d, ["--env-id", "flaky:PendulumF-v0"], join_timeout=60)
+    assert codes == [0, 0], stderr[-3000:]
     assert "error (rank 1): --env-id: cannot import module 'flaky'" in stderr and "not all 2" not in stderr
     check_ledger_equals_plan(ledger(workdir))
 
