@@ -114,8 +114,9 @@ def test_resume_auto_without_checkpoint_starts_over_only_in_a_restart_of_its_own
     assert (run_dir / "torchelastic_run_id").exists() == (allowed or finished)
 
 
+@pytest.mark.parametrize("restarts", [1, 0])  # 0: rank 0's node restarted because another node failed (attempt 2)
 @pytest.mark.parametrize("checkpointed", [False, True])
-def test_a_restart_without_run_name_never_starts_a_finished_run_over(tmp_path, monkeypatch, checkpointed):
+def test_a_restart_without_run_name_never_starts_a_finished_run_over(tmp_path, monkeypatch, checkpointed, restarts):
     """A torchrun restart finds its run by the marker; once that run wrote steps.json (and then exited 1: a failed
     evaluation), starting over would overwrite it. Only its final checkpoint may continue it."""
     from steprl import utils
@@ -128,7 +129,9 @@ def test_a_restart_without_run_name_never_starts_a_finished_run_over(tmp_path, m
         (run_dir / "checkpoints" / "step_000000000100").mkdir(parents=True)
         (run_dir / "checkpoints" / "step_000000000100" / "shared.pt").write_text("")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job1")
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(restarts))
+    monkeypatch.setattr(utils, "ATTEMPT", [2])
+    monkeypatch.setattr(utils, "RUN_LOCK", [])
 
     def refuse(flag, message):
         raise SystemExit(f"{flag}: {message}")
