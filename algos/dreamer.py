@@ -1288,6 +1288,7 @@ if __name__ == "__main__":
                 is_first[:] = True  # the filter starts here: from the zero state, as at an episode start
             action, deter, stoch = policy(obs, deter, stoch, prev_action, is_first)
             actions = action.cpu().numpy() if discrete else np.clip(action.cpu().numpy(), -1, 1)
+            check_env_output(args.env_id, [], policy_step, rank, writer, actions)  # diverged: stop before the env sees it
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(to_env_action(actions))
@@ -1301,7 +1302,7 @@ if __name__ == "__main__":
         # TRY NOT TO MODIFY: store one step per policy step; with same-step autoreset an ended episode's last obs is
         # in `final_obs` and the returned obs starts the next episode (stored as an extra is_first step)
         finals = [v for i in np.flatnonzero(done) for v in infos["final_obs"][i].values()]
-        check_env_output(args.env_id, [rewards, *next_obs.values(), *finals], policy_step, rank, writer, actions)
+        check_env_output(args.env_id, [rewards, *next_obs.values(), *finals], policy_step, rank, writer)
         for i in range(m):
             final = infos["final_obs"][i] if done[i] else {k: v[i] for k, v in next_obs.items()}
             rb.add(i, final | {"action": actions[i], "reward": rewards[i], "is_last": done[i], "is_terminal": terminations[i]})

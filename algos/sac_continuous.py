@@ -714,6 +714,7 @@ if __name__ == "__main__":
             actions = action_rng.uniform(low, high, (m, act_dim)).astype(np.float32)
         else:
             actions = actor.act(obs)
+            check_env_output(args.env_id, [], policy_step, rank, writer, actions)  # diverged: stop before the env sees it
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
@@ -728,7 +729,7 @@ if __name__ == "__main__":
         real_next_obs = next_obs.copy()
         if done.any():
             real_next_obs[done] = np.stack(infos["final_obs"][done])
-        check_env_output(args.env_id, [next_obs, real_next_obs, rewards], policy_step, rank, writer, actions)
+        check_env_output(args.env_id, [next_obs, real_next_obs, rewards], policy_step, rank, writer)
         rb.add(obs, real_next_obs, actions, rewards, terminations)
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook

@@ -104,6 +104,17 @@ class NanAtEnv(CountdownEnv):
 
 
 gym.register("NanAt-v0", entry_point=NanAtEnv)
+
+
+class HugeRewardEnv(CountdownEnv):
+    """Countdown whose reward at its 60th env step is 1e60: finite in float64, inf once stored as float32."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, 1e60 if self.t == 60 else reward, terminated, truncated, info
+
+
+gym.register("HugeReward-v0", entry_point=HugeRewardEnv)
 gym.register("NanFinal-v0", entry_point=NanAtEnv, kwargs={"where": "final"})
 gym.register("NanReset-v0", entry_point=NanAtEnv, kwargs={"where": "reset"})
 

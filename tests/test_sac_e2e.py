@@ -325,8 +325,8 @@ def test_bad_input_exits_2_with_message(workdir, bad, message):
     assert not (workdir / "runs").exists()
 
 
-@pytest.mark.parametrize("env_id,step", [("NanAt-v0", 60), ("NanFinal-v0", 60), ("NanReset-v0", 0)])
-def test_nan_from_the_env_stops_with_one_line(workdir, env_id, step):  # after a step, at an episode's end, at the reset
+@pytest.mark.parametrize("env_id,step", [("NanAt-v0", 60), ("NanFinal-v0", 60), ("NanReset-v0", 0), ("HugeReward-v0", 60)])
+def test_nan_from_the_env_stops_with_one_line(workdir, env_id, step):  # a step, an episode's end, a reset, a huge reward
     args = FAST + ["--env-id", f"steprl_testenvs:{env_id}", "--total-steps", "400", "--learning-starts", "10"]
     proc = run("sac.py", args, workdir, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -427,16 +427,17 @@ def check_replay_fits(capacity: int, step_bytes: int, cuda: bool = False) -> Non
 
 
 def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int, writer, actions=None) -> None:
-    """Exit 1 at the first NaN or inf an env returns (an observation or a reward): it would silently poison the networks.
-    Non-finite `actions` (the agent's, which the env was given) are blamed instead: training diverged. `writer` (rank
-    0's, else None) is closed first, so no logged scalar is lost."""
+    """Exit 1 at the first NaN or inf an env returns (an observation or a reward), or a value float32 cannot hold: it
+    would silently poison the networks. Non-finite `actions` (the agent's, checked before the env gets them) are blamed
+    instead: training diverged. `writer` (rank 0's, else None) is closed first, so no logged scalar is lost."""
     diverged = actions is not None and not np.isfinite(actions).all()
-    if diverged or not all(np.isfinite(a).all() for a in arrays):
+    fits = lambda a: np.asarray(a).dtype.kind != "f" or bool((np.abs(a) <= np.finfo(np.float32).max).all())  # noqa: E731
+    if diverged or not all(fits(a) for a in arrays):
         where = f"at policy step {policy_step} (rank {rank})"
         why = (f"training diverged: the agent's actions {where} are not finite; lower the learning rates, or look for NaN "
                "in the losses" if diverged else  # fmt: skip
-               f"--env-id: {env_id} returned a non-finite observation or reward {where}; fix the env, or wrap it to "
-               "replace NaN and inf")  # fmt: skip
+               f"--env-id: {env_id} returned a non-finite observation or reward {where} (NaN, inf, or beyond float32's "
+               "range); fix the env, or wrap it to replace or rescale such values")  # fmt: skip
         print(f"error: {why}", file=sys.stderr, flush=True)
         if writer is not None:
             writer.close()
