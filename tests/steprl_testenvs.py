@@ -115,6 +115,30 @@ class HugeRewardEnv(CountdownEnv):
 
 
 gym.register("HugeReward-v0", entry_point=HugeRewardEnv)
+
+
+class OffApiEnv(CountdownEnv):
+    """Off gymnasium's API: `bug="shape"` returns 3 numbers where its observation_space says 2; `bug="old_step"`
+    returns old gym's 4-tuple from step()."""
+
+    def __init__(self, bug: str, render_mode: str | None = None):
+        super().__init__(render_mode=render_mode)
+        self.bug = bug
+
+    def _obs(self):
+        return np.zeros(3, dtype=np.float32) if self.bug == "shape" else super()._obs()
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return (
+            (obs, reward, terminated or truncated, info)
+            if self.bug == "old_step"
+            else (obs, reward, terminated, truncated, info)
+        )
+
+
+gym.register("WrongShape-v0", entry_point=OffApiEnv, kwargs={"bug": "shape"})
+gym.register("OldStep-v0", entry_point=OffApiEnv, kwargs={"bug": "old_step"})
 gym.register("NanFinal-v0", entry_point=NanAtEnv, kwargs={"where": "final"})
 gym.register("NanReset-v0", entry_point=NanAtEnv, kwargs={"where": "reset"})
 

@@ -313,6 +313,11 @@ BAD = [
     ),  # fmt: skip
     (["--max-episode-steps", "2.5"], "--max-episode-steps"),
     (["--q-lr", "inf"], "--q-lr: got inf; it must be positive and finite"),
+    (
+        ["--env-id", "steprl_testenvs:WrongShape-v0"],
+        "--env-id: steprl_testenvs:WrongShape-v0 returned an observation of shape (3,); its observation_space asks for (2,)",
+    ),  # fmt: skip
+    (["--env-id", "steprl_testenvs:OldStep-v0"], "steprl_testenvs:OldStep-v0 does not follow gymnasium's API"),
 ]
 
 

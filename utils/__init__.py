@@ -107,9 +107,21 @@ def check_env_id(env_id: str) -> tuple:
         env = gym.make(env_id)
     except Exception as e:
         fail("--env-id", f"cannot create {env_id}: {type(e).__name__}: {e}")
-    spaces = env.observation_space, env.action_space
+    try:  # one reset and one step now: an env off gymnasium's API would fail later, in the vector env, with a traceback
+        first, last = env.reset(seed=0), env.step(env.action_space.sample())
+        assert isinstance(first, tuple) and len(first) == 2, "reset() must return (observation, info)"
+        assert isinstance(last, tuple) and len(last) == 5, "step() must return (obs, reward, terminated, truncated, info)"
+    except (AssertionError, ValueError, TypeError) as e:  # gymnasium's env checker asserts too
+        fail("--env-id", f"{env_id} does not follow gymnasium's API: {str(e).splitlines()[0] if str(e) else repr(e)}")
+    space = env.observation_space
+    for key, box in space.spaces.items() if isinstance(space, gym.spaces.Dict) else [(None, space)]:
+        for obs in (first[0], last[0]) if isinstance(box, gym.spaces.Box) else ():
+            got = np.shape(obs if key is None else obs.get(key) if isinstance(obs, dict) else None)
+            if got != box.shape:
+                fail("--env-id", f"{env_id} returned an observation{f' {key!r}' if key else ''} of shape {got}; its "
+                     f"observation_space asks for {box.shape}")  # fmt: skip
     env.close()
-    return spaces
+    return space, env.action_space
 
 
 # ---------------------------------------------------------------- processes (torchrun)
