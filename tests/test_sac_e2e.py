@@ -421,8 +421,13 @@ def test_existing_run_name_is_not_overwritten(workdir):
     (workdir / "runs" / "taken").mkdir(parents=True)
     (workdir / "runs" / "taken" / "steps.json").write_text("{}")
     proc = run("sac.py", FAST + ["--total-steps", "100", "--run-name", "taken"], workdir, timeout=60)
-    assert proc.returncode == 2 and "--run-name" in proc.stderr and "--resume yes" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # no checkpoint: `--resume yes` would not help
+    assert "--run-name: runs/taken already holds a run; it has no checkpoint to continue; delete runs/taken" in proc.stderr
     assert (workdir / "runs" / "taken" / "steps.json").read_text() == "{}"
+    (workdir / "runs" / "taken" / "checkpoints" / "step_000000000100").mkdir(parents=True)
+    (workdir / "runs" / "taken" / "checkpoints" / "step_000000000100" / "shared.pt").write_text("")
+    proc = run("sac.py", FAST + ["--total-steps", "100", "--run-name", "taken"], workdir, timeout=60)
+    assert proc.returncode == 2 and "runs/taken already holds a run; continue it with `--resume yes`" in proc.stderr
 
 
 def test_async_envs_ledger(workdir):

@@ -411,7 +411,8 @@ def check_run_dir(run_name: str | None, resume: str, again: bool | None = None, 
     held = os.path.isdir(run_dir) and any(f.startswith("events.out") or f == "steps.json" for f in os.listdir(run_dir))
     checkpointed = bool(list_checkpoints(os.path.join(run_dir, "checkpoints")))
     if resume == "no" and (held or checkpointed):
-        fail("--run-name", f"{run_dir} already holds a run; continue it with `--resume yes` or choose another name")
+        how = "continue it with `--resume yes`" if checkpointed else f"it has no checkpoint to continue; delete {run_dir}"
+        fail("--run-name", f"{run_dir} already holds a run; {how} or choose another name")
     if resume == "yes" and not checkpointed:  # before the run directory is made
         fail("--resume", f"no checkpoint in {run_dir}/checkpoints; use `--resume auto` to start fresh when there is none")
     elastic_id, marker = os.environ.get("TORCHELASTIC_RUN_ID"), os.path.join(run_dir, "torchelastic_run_id")
