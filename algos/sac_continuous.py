@@ -304,12 +304,12 @@ class ReplayBuffer:
     (the loop asks for up to 64 at a time)."""
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
-        self.capacity, self.pos, self.size = capacity, 0, 0
-        self.obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
-        self.next_obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
-        self.actions = torch.zeros((capacity, act_dim), dtype=torch.float32, device=device)
-        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
-        self.terminations = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.capacity, self.pos, self.size = capacity, 0, 0  # empty, not zeros: RAM is taken as the buffer fills
+        self.obs = torch.empty((capacity, obs_dim), dtype=torch.float32, device=device)  # (only [:size] is ever read)
+        self.next_obs = torch.empty((capacity, obs_dim), dtype=torch.float32, device=device)
+        self.actions = torch.empty((capacity, act_dim), dtype=torch.float32, device=device)
+        self.rewards = torch.empty(capacity, dtype=torch.float32, device=device)
+        self.terminations = torch.empty(capacity, dtype=torch.float32, device=device)
         self.fields = ("obs", "next_obs", "actions", "rewards", "terminations")
 
     def add(self, *values: np.ndarray) -> None:

@@ -2,6 +2,7 @@
 actor loss, one actor pass for alpha) computes the same losses and gradients as a straightforward CleanRL-style
 update with two separate critics and torch.distributions, on the same batch and the same noise."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -157,6 +158,16 @@ def test_replay_buffer_wraps_around_and_round_trips():
     batches = rb.sample(3, 4)
     assert len(batches) == 3 and batches[0][0].shape == (4, 2)
     assert torch.equal(batches[0][1], batches[0][0] + 0.5)  # rows stay aligned across fields
+
+
+def test_replay_buffer_takes_ram_as_it_fills_not_at_start():
+    """A 1M-step buffer of 64-float observations reserves about 520 MB; a short run must not pay for all of it."""
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # noqa: E731
+    before = rss()
+    rb = sac.ReplayBuffer(1_000_000, 64, 6, torch.device("cpu"))
+    rb.add(np.ones((1000, 64)), np.ones((1000, 64)), np.ones((1000, 6)), np.ones(1000), np.zeros(1000))
+    assert rss() - before < 64 * 2**20
+    assert all(bool((batch[0] == 1).all()) for batch in rb.sample(4, 256))  # only stored rows are drawn
 
 
 def losses_and_grads(hidden_dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

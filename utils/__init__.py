@@ -432,7 +432,9 @@ def check_replay_fits(capacity: int, step_bytes: int, cuda: bool = False) -> Non
         local, ram, where = 1, torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))[0], "free on its GPU"
     else:
         local, ram = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        where = f"of RAM on this machine, for {local} process(es)"
+        with contextlib.suppress(OSError, StopIteration):  # what other programs leave (Linux), not the machine's total
+            ram = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable:"))
+        where = f"of RAM available on this machine, for {local} process(es)"
     gib, fits = capacity * step_bytes / 2**30, int(0.8 * ram / local / step_bytes)
     if capacity * step_bytes * local > 0.8 * ram:
         fail("--per-rank-buffer-size", f"a full replay takes {gib:.1f} GiB per process ({ram / 2**30:.0f} GiB {where}); "
