@@ -115,6 +115,7 @@ class HugeRewardEnv(CountdownEnv):
 
 
 gym.register("HugeReward-v0", entry_point=HugeRewardEnv)
+gym.register("HugeBounds-v0", entry_point=lambda **kw: gym.wrappers.RescaleAction(CountdownEnv(**kw), -1e30, 1e30))
 
 
 class OffApiEnv(CountdownEnv):

@@ -318,6 +318,10 @@ BAD = [
         "--env-id: steprl_testenvs:WrongShape-v0 returned an observation of shape (3,); its observation_space asks for (2,)",
     ),  # fmt: skip
     (["--env-id", "steprl_testenvs:OldStep-v0"], "steprl_testenvs:OldStep-v0 does not follow gymnasium's API"),
+    (
+        ["--env-id", "steprl_testenvs:HugeBounds-v0"],
+        "HugeBounds-v0's action bounds reach 1e+30: the critics' gradients overflow",
+    ),
 ]
 
 
