@@ -976,11 +976,11 @@ def validate(args: Args) -> None:
 
 
 if __name__ == "__main__":
+    interrupt_cleanly()  # first: Ctrl-C while the env is checked stops with one line too
     with contextlib.nullcontext() if is_main_process() else contextlib.redirect_stderr(io.StringIO()):
         args = tyro.cli(Args)  # under torchrun rank 0 alone prints a parse error
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))  # derived, not a flag
     validate(args)
-    interrupt_cleanly()
 
     # TRY NOT TO MODIFY: processes, run directory, plan, tracking, seeding
     rank, local_rank, world_size, device = setup_distributed(args.cuda, args.torch_threads)
