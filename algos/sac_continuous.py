@@ -520,7 +520,7 @@ def validate(args: Args) -> None:
             "Wrap it in a gymnasium.ActionWrapper whose action_space is a bounded Box (mapped into the env's actions)",
         )
     largest = np.abs([space.low, space.high]).max()
-    if largest > np.sqrt(np.finfo(np.float32).max):  # gradients scale with the actions, and Adam squares them
+    if largest > np.sqrt(np.finfo(np.float32).max):  # absurd: Adam squares gradients that grow with them (less may diverge)
         fail("--env-id", f"{args.env_id}'s action bounds reach {largest:.0e}: the critics' gradients overflow float32 "
              "at that scale; wrap the env in gymnasium.wrappers.RescaleAction")  # fmt: skip
     unlimited = args.max_episode_steps is None and gym.spec(args.env_id.split(":")[-1]).max_episode_steps is None

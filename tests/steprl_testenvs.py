@@ -120,7 +120,7 @@ gym.register("HugeBounds-v0", entry_point=lambda **kw: gym.wrappers.RescaleActio
 
 class OffApiEnv(CountdownEnv):
     """Off gymnasium's API: `bug="shape"` returns 3 numbers where its observation_space says 2; `bug="old_step"`
-    returns old gym's 4-tuple from step()."""
+    returns old gym's 4-tuple from step(); `bug="own_code"` raises a TypeError in its own step()."""
 
     def __init__(self, bug: str, render_mode: str | None = None):
         super().__init__(render_mode=render_mode)
@@ -131,15 +131,16 @@ class OffApiEnv(CountdownEnv):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
-        return (
-            (obs, reward, terminated or truncated, info)
-            if self.bug == "old_step"
-            else (obs, reward, terminated, truncated, info)
-        )
+        if self.bug == "own_code":
+            reward = "a bug of its own" + reward  # TypeError
+        if self.bug == "old_step":
+            return obs, reward, terminated or truncated, info
+        return obs, reward, terminated, truncated, info
 
 
 gym.register("WrongShape-v0", entry_point=OffApiEnv, kwargs={"bug": "shape"})
 gym.register("OldStep-v0", entry_point=OffApiEnv, kwargs={"bug": "old_step"})
+gym.register("OwnBug-v0", entry_point=OffApiEnv, kwargs={"bug": "own_code"})
 gym.register("NanFinal-v0", entry_point=NanAtEnv, kwargs={"where": "final"})
 gym.register("NanReset-v0", entry_point=NanAtEnv, kwargs={"where": "reset"})
 

@@ -346,6 +346,14 @@ def test_nan_from_the_env_stops_with_one_line(workdir, env_id, step):  # a step,
         assert proc.returncode != 0 and f"{message} 120 (rank " in proc.stderr
 
 
+def test_a_bug_in_the_envs_own_code_keeps_its_traceback(workdir):
+    """The start-up reset and step turn gymnasium's API complaints into one line, but not the env's own errors: their
+    traceback shows the user where the bug is."""
+    proc = run("sac.py", FAST + ["--env-id", "steprl_testenvs:OwnBug-v0", "--total-steps", "200"], workdir, timeout=60)
+    assert proc.returncode == 1 and "does not follow gymnasium's API" not in proc.stderr
+    assert "steprl_testenvs.py" in proc.stderr and "TypeError: can only concatenate str" in proc.stderr
+
+
 def test_diverged_training_is_blamed_not_the_env(workdir):
     """Learning rates of 1e6 make the networks NaN within a few updates: the NaN actions, not the env, are named."""
     args = FAST + ["--total-steps", "600", "--learning-starts", "100", "--q-lr", "1e6", "--policy-lr", "1e6"]

@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from datetime import timedelta
 from fractions import Fraction
 from typing import Annotated
@@ -111,7 +112,9 @@ def check_env_id(env_id: str) -> tuple:
         first, last = env.reset(seed=0), env.step(env.action_space.sample())
         assert isinstance(first, tuple) and len(first) == 2, "reset() must return (observation, info)"
         assert isinstance(last, tuple) and len(last) == 5, "step() must return (obs, reward, terminated, truncated, info)"
-    except (AssertionError, ValueError, TypeError) as e:  # gymnasium's env checker asserts too
+    except (AssertionError, ValueError, TypeError) as e:  # raised by gymnasium's checker and wrappers, or above
+        if not re.search(r"[/\\](gymnasium|steprl|utils)[/\\]", traceback.extract_tb(e.__traceback__)[-1].filename):
+            raise  # a bug in the env's own code: its traceback shows where
         fail("--env-id", f"{env_id} does not follow gymnasium's API: {str(e).splitlines()[0] if str(e) else repr(e)}")
     space = env.observation_space
     for key, box in space.spaces.items() if isinstance(space, gym.spaces.Dict) else [(None, space)]:
@@ -298,7 +301,7 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
     elastic_id, again = os.environ.get("TORCHELASTIC_RUN_ID"), restarted()
     if is_main_process():
         created = False
-        if run_name is None and elastic_id is not None and again and resume != "no":
+        if run_name is None and elastic_id not in (None, "none") and again and resume != "no":
             marker = lambda d: os.path.join(runs_root, d, "torchelastic_run_id")  # noqa: E731
             dirs = [d for d in os.listdir(runs_root) if d.startswith(prefix + "__")] if os.path.isdir(runs_root) else []
             run_name = next((d for d in dirs if os.path.exists(marker(d)) and open(marker(d)).read() == elastic_id), None)
@@ -432,9 +435,7 @@ def check_replay_fits(capacity: int, step_bytes: int, cuda: bool = False) -> Non
         local, ram, where = 1, torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))[0], "free on its GPU"
     else:
         local, ram = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        with contextlib.suppress(OSError, StopIteration):  # what other programs leave (Linux), not the machine's total
-            ram = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable:"))
-        where = f"of RAM available on this machine, for {local} process(es)"
+        where = f"of RAM on this machine, for {local} process(es)"
     gib, fits = capacity * step_bytes / 2**30, int(0.8 * ram / local / step_bytes)
     if capacity * step_bytes * local > 0.8 * ram:
         fail("--per-rank-buffer-size", f"a full replay takes {gib:.1f} GiB per process ({ram / 2**30:.0f} GiB {where}); "
@@ -471,7 +472,7 @@ def interrupt_cleanly() -> None:
             name = os.path.basename(RUN_DIR[0]) if RUN_DIR else ""
             hint = (f"continue from {found[-1]} with the same flags and `--run-name {name} --resume yes`" if found
                     else "no checkpoint was written yet, so it cannot resume (--checkpoint-every N writes them)")  # fmt: skip
-            warn(f"{signal.Signals(signum).name}: stopped; {hint}")
+            warn(f"{signal.Signals(signum).name}: stopped; {hint if RUN_DIR else 'before the run started'}")
         os._exit(128 + signum)
 
     for signum in (signal.SIGINT,) if "TORCHELASTIC_RUN_ID" in os.environ else (signal.SIGINT, signal.SIGTERM):
