@@ -1036,6 +1036,9 @@ if __name__ == "__main__":
                      "the first iteration past each multiple")  # fmt: skip
         if plan["training_iterations"] == 0:
             warn(f"--learning-starts {args.learning_starts} covers the whole run: no training will happen")
+        elif args.capture_video and N * P // args.video_every == R * P // args.video_every:  # videos come after training
+            warn(f"--capture-video: no multiple of --video-every {args.video_every} falls in the training iterations "
+                 f"(policy steps {R * P + 1}-{N * P}): no video will be recorded; lower --video-every")  # fmt: skip
         print(format_plan(plan, args.replay_ratio, args.per_rank_pretrain_steps, args.action_repeat), flush=True)
         print(f"  train ratio {float(args.replay_ratio * B * T):g} replayed steps per policy step (batch {B} x length {T})")
         print(f"run directory: {run_dir}; device: {device}; torch threads: {torch.get_num_threads()}", flush=True)

@@ -66,7 +66,8 @@ def test_pendulum_vector_continuous_two_envs_action_repeat(workdir):
 def test_image_discrete_with_openloop_video(workdir):
     args = ["--env-id", "test_dreamer_envs:DotImage-v0", "--image-size", "16", "--total-steps", "64",
             "--learning-starts", "16", "--replay-ratio", "1/4", "--capture-video", "--video-every", "32"]  # fmt: skip
-    ok(run("dreamer.py", FAST + args + ["--run-name", "img"], workdir))
+    out = ok(run("dreamer.py", FAST + args + ["--run-name", "img"], workdir))
+    assert "no video will be recorded" not in out.stderr
     check_ledger(ledger(workdir, "img"))
     assert "losses/rec_image_loss" in scalars(workdir / "runs" / "img")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -80,6 +81,15 @@ def test_image_discrete_with_openloop_video(workdir):
         "openloop_image_000000000032.mp4",
         "openloop_image_000000000064.mp4",
     ]
+
+
+def test_a_video_cadence_past_the_run_warns_at_the_start(workdir):
+    args = ["--env-id", "test_dreamer_envs:DotImage-v0", "--image-size", "16", "--total-steps", "32",
+            "--learning-starts", "16", "--replay-ratio", "1/8", "--capture-video", "--video-every", "40"]  # fmt: skip
+    out = ok(run("dreamer.py", FAST + args + ["--run-name", "late"], workdir))
+    assert ("warning: --capture-video: no multiple of --video-every 40 falls in the training iterations (policy steps "
+            "17-32): no video will be recorded; lower --video-every") in out.stderr  # fmt: skip
+    assert not (workdir / "runs" / "late" / "videos").exists()
 
 
 def test_dict_observations_continuous(workdir):
