@@ -961,6 +961,8 @@ def validate(args: Args) -> None:
             fail("--env-id", f"observation key {k!r} is a name the replay uses for its own field; rename it in a wrapper")
         if not isinstance(s, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiBinary, gym.spaces.MultiDiscrete)):
             fail("--env-id", f"observation {k!r} is {s}; use Box images (H, W, C uint8), Box vectors, or a Dict of them")
+        if math.prod(s.shape) == 0:  # the encoder would have no input
+            fail("--env-id", f"observation {k!r} {s.shape} has no elements; drop it in a wrapper")
         if is_image(s) and len(s.shape) == 3 and s.shape[2] > 16:
             fail("--env-id", f"observation {k!r} {s.shape} looks channel-first; images must be (H, W, C) uint8")
     if args.capture_video and not any(is_image(s) for s in spaces.values()):
@@ -1234,13 +1236,15 @@ if __name__ == "__main__":
 
     def write_video(key: str, video: np.ndarray, step: int) -> None:
         """TensorBoard image `videos/openloop_<key>` (frames left to right in time) and an mp4 in runs/<run>/videos."""
+        if video.shape[-1] not in (3, 4):  # RGB as it is; other channel counts show their first channel in grey
+            video = np.repeat(video[..., :1], 3, -1)
         writer.add_image(f"videos/openloop_{key}", np.concatenate(list(video), 1), step, dataformats="HWC")
         try:
             from moviepy import ImageSequenceClip
         except ImportError:  # moviepy < 2
             from moviepy.editor import ImageSequenceClip
         os.makedirs(os.path.join(run_dir, "videos"), exist_ok=True)
-        frames = [np.repeat(f, 3, -1) if f.shape[-1] == 1 else f[..., :3] for f in video]
+        frames = [f[..., :3] for f in video]
         path = os.path.join(run_dir, "videos", f"openloop_{key}_{step:012d}.mp4")
         ImageSequenceClip(frames, fps=10).write_videofile(path, logger=None)
 

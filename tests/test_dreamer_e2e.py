@@ -63,8 +63,9 @@ def test_pendulum_vector_continuous_two_envs_action_repeat(workdir):
     assert led["actual"]["episodes"] == 4 and led["actual"]["env_steps"] == 320  # 80 policy steps per env
 
 
-def test_image_discrete_with_openloop_video(workdir):
-    args = ["--env-id", "test_dreamer_envs:DotImage-v0", "--image-size", "16", "--total-steps", "64",
+@pytest.mark.parametrize("env_id", ["DotImage-v0", "DotImage5-v0"])  # RGB, and 5 channels shown as grey
+def test_image_discrete_with_openloop_video(workdir, env_id):
+    args = ["--env-id", f"test_dreamer_envs:{env_id}", "--image-size", "16", "--total-steps", "64",
             "--learning-starts", "16", "--replay-ratio", "1/4", "--capture-video", "--video-every", "32"]  # fmt: skip
     out = ok(run("dreamer.py", FAST + args + ["--run-name", "img"], workdir))
     assert "no video will be recorded" not in out.stderr
@@ -209,6 +210,7 @@ BAD = [
     (["--env-id", "steprl_testenvs:MissingExtra-v0"], "cannot create steprl_testenvs:MissingExtra-v0: DependencyNotInstalled"),
     (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: a full replay takes"),
     (["--env-id", "steprl_testenvs:RewardKey-v0"], "observation key 'reward' is a name the replay uses for its own field"),
+    (["--env-id", "test_dreamer_envs:Empty-v0"], "--env-id: observation 'obs' (0,) has no elements; drop it in a wrapper"),
 ]
 
 

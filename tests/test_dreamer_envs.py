@@ -35,19 +35,22 @@ class DotImageEnv(gym.Env):
     """A dot on a 16x16 RGB frame; Discrete(3) moves it left, stays, right; reward for being near the centre.
     Truncated after 20 steps by its registration."""
 
-    def __init__(self):
-        self.observation_space = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    def __init__(self, channels: int = 3):
+        self.observation_space = gym.spaces.Box(0, 255, (16, 16, channels), np.uint8)
         self.action_space = gym.spaces.Discrete(3)
-        self.pos = 0.5
+        self.pos, self.channels = 0.5, channels
+
+    def _obs(self):  # other channel counts repeat the RGB channels (a frame stack of 5 channels: R, G, B, R, G)
+        return np.concatenate([_frame(self.pos)] * (self.channels // 3 + 1), -1)[..., : self.channels]
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self.pos = float(self.np_random.uniform(0.1, 0.9))
-        return _frame(self.pos), {}
+        return self._obs(), {}
 
     def step(self, action):
         self.pos = float(np.clip(self.pos + 0.1 * (int(action) - 1), 0, 1))
-        return _frame(self.pos), 1.0 - abs(self.pos - 0.5), False, False, {}
+        return self._obs(), 1.0 - abs(self.pos - 0.5), False, False, {}
 
 
 class DotDictEnv(gym.Env):
@@ -78,4 +81,7 @@ class DotDictEnv(gym.Env):
 
 gym.register("Echo-v0", entry_point=EchoEnv)
 gym.register("DotImage-v0", entry_point=DotImageEnv, max_episode_steps=20)
+gym.register("DotImage5-v0", entry_point=DotImageEnv, max_episode_steps=20, kwargs={"channels": 5})
+gym.register("Empty-v0", entry_point=lambda: gym.wrappers.TransformObservation(
+    DotImageEnv(), lambda obs: np.zeros(0, np.float32), gym.spaces.Box(-1, 1, (0,), np.float32)))  # fmt: skip
 gym.register("DotDict-v0", entry_point=DotDictEnv, max_episode_steps=25)
