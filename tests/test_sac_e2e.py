@@ -286,6 +286,7 @@ BAD = [
     (["--env-id", "HalfCheeta-v5"], "HalfCheetah-v5"),
     (["--env-id", "no_such_module:Foo-v0"], "cannot import module"),
     (["--env-id", "steprl_testenvs:Countdwn-v0"], "closest registered ids: steprl_testenvs:Countdown-v0"),  # usable ids
+    (["--env-id", "steprl_testenvs:Hopper-v9"], "closest registered ids: Hopper-v5, Hopper-v4"),  # no prefix: gymnasium's
     (["--env-id", "ALE/Pong-v5"], "Atari ids are registered by ale_py: `pip install ale-py`, then `--env-id ale_py:ALE/Pong"),
     (["--replay-ratio", "-1"], "--replay-ratio"),
     (["--run-name", " "], "--run-name: ' ' must be a name or a relative path under runs/"),

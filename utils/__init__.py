@@ -88,7 +88,7 @@ def check_env_id(env_id: str) -> tuple:
     created (missing extras such as mujoco or ale-py included). Returns its (observation, action) spaces."""
     import gymnasium as gym
 
-    name = env_id
+    name, builtin = env_id, set(gym.registry)  # ids registered before the module's import need no module prefix
     if ":" in env_id:
         if os.getcwd() not in sys.path:  # `python path/to/script.py` puts the script's folder first, not the cwd
             sys.path.append(os.getcwd())
@@ -99,7 +99,7 @@ def check_env_id(env_id: str) -> tuple:
             fail("--env-id", f"cannot import module {module!r} to register {name!r} ({type(e).__name__}: {e})")
     if name not in gym.registry:
         close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.6)
-        close = [f"{module}:{c}" if name != env_id else c for c in close]  # ids that work as --env-id, module included
+        close = [f"{module}:{c}" if name != env_id and c not in builtin else c for c in close]  # ids that work as --env-id
         hint = f"closest registered ids: {', '.join(close)}" if close else "see gymnasium.pprint_registry()"
         if name == env_id and name.startswith("ALE/"):  # Atari ids exist once ale_py is imported
             hint = f"Atari ids are registered by ale_py: `pip install ale-py`, then `--env-id ale_py:{name}`"
