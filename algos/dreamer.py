@@ -1409,6 +1409,8 @@ if __name__ == "__main__":
             if train_seconds
             else 0.0,
         }
+        if start_iteration == N and os.path.exists(os.path.join(run_dir, "steps.json")):  # resumed only to evaluate
+            ledger["timing"] = json.load(open(os.path.join(run_dir, "steps.json"))).get("timing", ledger["timing"])
 
         errors = ledger_errors(plan, actual)
         if actual["stored_steps"] != actual["policy_steps"] + actual["episode_starts"]:

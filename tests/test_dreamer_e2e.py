@@ -156,6 +156,17 @@ def test_kill_after_checkpoint_then_resume_gives_same_counters(workdir):
     assert counters(full)["stored_ok"]
 
 
+def test_a_resume_that_only_evaluates_keeps_the_training_timing(workdir):
+    args = FAST + ["--env-id", "CartPole-v1", "--total-steps", "64", "--learning-starts", "16", "--replay-ratio", "1/4",
+                   "--checkpoint-every", "64", "--run-name", "ev"]  # fmt: skip
+    ok(run("dreamer.py", args, workdir))  # no evaluation (FAST)
+    trained = ledger(workdir, "ev")
+    ok(run("dreamer.py", args + ["--resume", "yes", "--eval-episodes", "1"], workdir))
+    evaluated = ledger(workdir, "ev")
+    assert evaluated["eval"]["episodes"] == 1 and evaluated["actual"]["policy_steps"] == 64
+    assert evaluated["timing"] == trained["timing"] and trained["timing"]["train_seconds"] > 0
+
+
 def stored_sequence(workdir, name: str) -> dict:
     ckpts = sorted((workdir / "runs" / name / "checkpoints").iterdir())
     buf = torch.load(ckpts[-1] / "rank0.pt", weights_only=True)["buffer"]
