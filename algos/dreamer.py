@@ -1410,7 +1410,8 @@ if __name__ == "__main__":
             else 0.0,
         }
         if start_iteration == N and os.path.exists(os.path.join(run_dir, "steps.json")):  # resumed only to evaluate
-            ledger["timing"] = json.load(open(os.path.join(run_dir, "steps.json"))).get("timing", ledger["timing"])
+            trained = json.load(open(os.path.join(run_dir, "steps.json")))  # the ledger of the training that reached N
+            ledger["timing"] = trained["timing"] if trained.get("plan") == plan and "timing" in trained else ledger["timing"]
 
         errors = ledger_errors(plan, actual)
         if actual["stored_steps"] != actual["policy_steps"] + actual["episode_starts"]:
