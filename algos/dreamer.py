@@ -801,7 +801,12 @@ class Actor(nn.Module):
 
     def sample(self, feat: torch.Tensor) -> torch.Tensor:
         dist = self.dist(feat)
-        return F.one_hot(sample_index(dist.probs), dist.probs.shape[-1]).float() if self.discrete else dist.sample()
+        if not self.discrete:  # dist.sample()'s draw, but a diverged actor's NaN std gives NaN, not torch.normal's error
+            mean, std = dist.base_dist.loc, dist.base_dist.scale
+            with torch.no_grad():
+                return torch.normal(mean, std.nan_to_num(1.0)).where(std.isfinite(), torch.nan)
+        onehot = F.one_hot(sample_index(dist.probs), dist.probs.shape[-1]).float()
+        return onehot.where(dist.probs.isfinite().all(-1, keepdim=True), torch.nan)  # a diverged actor's NaN shows
 
 
 class Head(nn.Module):
@@ -1058,6 +1063,7 @@ if __name__ == "__main__":
     action_rng = np.random.default_rng(args.seed + rank)  # uniform random actions of the pre-fill
 
     # ALGO LOGIC: networks, optimizer, buffer (parameters start identical on every rank: same seed)
+    torch.distributions.Distribution.set_default_validate_args(False)  # NaN reaches the action check, not a ValueError
     torch.manual_seed(args.seed)
     agent = Agent(obs_space, act_dim, discrete, args.size, args.unimix).to(device)
     slow_critic = copy.deepcopy(agent.critic).requires_grad_(False)

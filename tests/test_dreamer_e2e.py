@@ -256,6 +256,17 @@ def test_nan_from_the_env_stops_with_one_line(workdir, env_id, step):  # a step,
     assert message in proc.stderr
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_diverged_training_stops_with_one_line(workdir, env_id):
+    """A learning rate of 1e30 without clipping makes the networks NaN at the first update: the next action is NaN (a
+    discrete one-hot too, and a NaN std does not make torch.normal raise), and the loop names diverged training."""
+    args = FAST + ["--env-id", env_id, "--total-steps", "96", "--learning-starts", "16", "--replay-ratio", "1/4",
+                   "--learning-rate", "1e30", "--warmup", "0", "--agc", "0"]  # fmt: skip
+    proc = run("dreamer.py", args, workdir, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "error: training diverged: the agent's actions at policy step 25 (rank 0) are not finite" in proc.stderr
+
+
 def test_bad_input_under_torchrun_stops_without_hang(workdir):
     proc = run("dreamer.py", FAST + ["--learning-starts", "8"], workdir, nproc=2, timeout=90)
     assert proc.returncode != 0
