@@ -100,9 +100,11 @@ def script_version(script: str) -> dict:
     real = os.path.realpath(script)
     with open(real, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    try:
-        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", real], cwd=os.path.dirname(real), timeout=10)
-        modified = {0: False, 1: True}.get(diff.returncode)
+    try:  # an untracked script (a copy not yet committed) counts as changed: `git diff` and `--dirty` ignore it
+        where = dict(cwd=os.path.dirname(real), capture_output=True, timeout=10)
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", real], **where).returncode  # 1: untracked
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", real], **where).returncode if tracked == 0 else tracked
+        modified = {0: False, 1: True}.get(diff)
     except (OSError, subprocess.SubprocessError):
         modified = None
     return {"script_file": os.path.relpath(real, REPO), "script_sha256": digest, "script_uncommitted_changes": modified}
@@ -241,7 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"error: --torchrun: got {args.torchrun}; use 0 (plain python) or a number of processes")
 
     out = os.path.abspath(args.out or os.path.join("runs", "benchmarks", f"{stem}__{int(time.time())}"))
-    tag = git_describe(os.path.dirname(script))
+    tag, version = git_describe(os.path.dirname(script)), script_version(script)
+    tag += "-dirty" if version["script_uncommitted_changes"] and not tag.endswith("-dirty") else ""  # also when untracked
     env = dict(os.environ, WANDB_TAGS=tag, OMP_NUM_THREADS=str(args.torch_threads), PYTHONUNBUFFERED="1")
     exp_name = extra[extra.index("--exp-name") + 1] if "--exp-name" in extra[:-1] else stem
     stamp = int(time.time())
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cwd": os.getcwd(),
         "git_describe": tag,
         "wandb_tags": tag,
-        **script_version(script),
+        **version,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hardware": hardware() | {"torch_threads": args.torch_threads, "workers": args.workers},
         "runs": [],

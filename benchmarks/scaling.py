@@ -45,8 +45,8 @@ class Args:
     """how many times to measure each configuration (the table shows the mean)"""
     out: str | None = None
     """raw runs, logs and manifest (default: `runs/benchmarks/scaling__<script stem>__<unix time>`)"""
-    output: str = "benchmarks/results/scaling"
-    """where scaling.md and scaling.csv go"""
+    output: str | None = None
+    """where scaling.md and scaling.csv go (default: benchmarks/results/scaling; with --quick, the --out directory)"""
     quick: bool = False
     """smoke-test preset: Pendulum-v1, T 400, L 200, B 64, logs every 50"""
     note: str = ""
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     script = launcher.resolve_script(args.script)
     stem = launcher.script_stem(script)
     out = os.path.abspath(args.out or os.path.join("runs", "benchmarks", f"scaling__{stem}__{int(time.time())}"))
+    args.output = args.output or (out if args.quick else "benchmarks/results/scaling")  # a smoke test leaves results/ alone
     os.makedirs(out, exist_ok=True)
     tag = launcher.git_describe(os.path.dirname(script))
     env = dict(os.environ, WANDB_TAGS=tag, OMP_NUM_THREADS=str(args.torch_threads), PYTHONUNBUFFERED="1")
@@ -224,7 +225,7 @@ def write_tables(args: Args, rows: list[dict], manifest: dict, stem: str) -> Non
     ]
     with open(os.path.join(args.output, "scaling.md"), "w") as f:
         f.write("\n".join(lines))
-    print("\n".join(lines))
+    print("\n".join(lines) + f"written to {os.path.join(args.output, 'scaling.md')} and scaling.csv")
 
 
 def _round(v):
