@@ -1417,7 +1417,9 @@ if __name__ == "__main__":
         }
         if start_iteration == N and os.path.exists(os.path.join(run_dir, "steps.json")):  # resumed only to evaluate
             trained = json.load(open(os.path.join(run_dir, "steps.json")))  # the ledger of the training that reached N
-            ledger["timing"] = trained["timing"] if trained.get("plan") == plan and "timing" in trained else ledger["timing"]
+            if trained.get("plan") == plan and {"actual", "timing"} <= trained.keys():  # not the fresh resets, nor ~0 s
+                actual = ledger["actual"] = trained["actual"]
+                ledger["timing"] = trained["timing"]
 
         errors = ledger_errors(plan, actual)
         if actual["stored_steps"] != actual["policy_steps"] + actual["episode_starts"]:

@@ -156,7 +156,7 @@ def test_kill_after_checkpoint_then_resume_gives_same_counters(workdir):
     assert counters(full)["stored_ok"]
 
 
-def test_a_resume_that_only_evaluates_keeps_the_training_timing(workdir):
+def test_a_resume_that_only_evaluates_keeps_the_training_ledger(workdir):
     args = FAST + ["--env-id", "CartPole-v1", "--total-steps", "64", "--learning-starts", "16", "--replay-ratio", "1/4",
                    "--checkpoint-every", "64", "--run-name", "ev"]  # fmt: skip
     ok(run("dreamer.py", args, workdir))  # no evaluation (FAST)
@@ -165,6 +165,7 @@ def test_a_resume_that_only_evaluates_keeps_the_training_timing(workdir):
     evaluated = ledger(workdir, "ev")
     assert evaluated["eval"]["episodes"] == 1 and evaluated["actual"]["policy_steps"] == 64
     assert evaluated["timing"] == trained["timing"] and trained["timing"]["train_seconds"] > 0
+    assert evaluated["actual"] == trained["actual"]  # the resume's fresh resets trained nothing
 
 
 def stored_sequence(workdir, name: str) -> dict:
