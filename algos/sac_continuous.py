@@ -452,6 +452,8 @@ def actor_alpha_loss(actor: Actor, qf: TwinQ, obs: torch.Tensor, log_alpha: torc
 
 def validate(args: Args) -> None:
     """Bad input: exit 2 with the flag and the fix, before any env or process group starts (same on every rank)."""
+    if not args.exp_name.strip():
+        fail("--exp-name", "got an empty name; give one (it is part of the run directory's name), or omit the flag")
     for flag, value, low in [
         ("--num-envs", args.num_envs, 1),
         ("--seed", args.seed, 0),

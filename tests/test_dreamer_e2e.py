@@ -214,6 +214,7 @@ BAD = [
     (["--resume", "yes"], "--run-name"),
     (["--resume", "auto"], "`--resume auto` needs `--run-name NAME`"),
     (["--seed", "-3"], "--seed: got -3"),
+    (["--exp-name", " "], "--exp-name: got an empty name"),
     (["--seed", "2147483648"], "--seed: got 2147483648; it must be below 2**31"),
     (["--agc", "nan"], "--agc: got nan; it must be finite and at least 0"),
     (["--beta1", "1"], "--beta1: got 1.0; it must be in [0, 1)"),  # LaProp's bias correction would divide by zero

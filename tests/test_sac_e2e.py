@@ -307,6 +307,7 @@ BAD = [
     (["--per-rank-buffer-size", "1e12"], "--per-rank-buffer-size: a full replay takes"),
     (["--per-rank-buffer-size", "3", "--num-envs", "4"], "--per-rank-buffer-size: got 3; it must be at least 4"),
     (["--seed", "-1"], "--seed: got -1"),
+    (["--exp-name", ""], "--exp-name: got an empty name"),
     (["--seed", "2147483648"], "--seed: got 2147483648; it must be below 2**31"),
     (
         ["--env-id", "steprl_testenvs:NoRender-v0", "--capture-video", "--eval-episodes", "1"],
