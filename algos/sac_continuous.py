@@ -805,12 +805,14 @@ if __name__ == "__main__":
         }
         ledger = {"plan": plan, "actual": actual, "replay_ratio": str(args.replay_ratio), "action_repeat": args.action_repeat}
         errors = ledger_errors(plan, actual)
-        eval_error = None
+        eval_error = None if all(map(math.isfinite, actual["param_checksums"])) else (  # diverged after its last action
+            "training diverged: the parameters are not finite after the last gradient step; lower the learning rates "
+            "(no evaluation; the ledger is in steps.json)")  # fmt: skip
         with open(os.path.join(run_dir, "steps.json"), "w") as f:  # written before evaluation, which may fail
             json.dump(ledger, f, indent=2)
 
         # evaluation: deterministic actions on rank 0, not counted in the ledger's training steps
-        if args.eval_episodes > 0:
+        if args.eval_episodes > 0 and eval_error is None:
             try:
                 render_mode = "rgb_array" if args.capture_video else None
                 eval_env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, render_mode)()

@@ -364,6 +364,16 @@ def test_diverged_training_is_blamed_not_the_env(workdir):
     assert "error: training diverged: the agent's actions at policy step" in proc.stderr and "--env-id" not in proc.stderr
 
 
+def test_divergence_at_the_last_gradient_step_is_reported_not_evaluated(workdir):
+    """No action follows the last update, so the NaN parameters are caught in the ledger: exit 1, no evaluation."""
+    args = FAST + ["--total-steps", "101", "--learning-starts", "100", "--q-lr", "1e38", "--policy-lr", "1e38",
+                   "--eval-episodes", "1", "--run-name", "nan"]  # fmt: skip
+    proc = run("sac.py", args, workdir, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "error: training diverged: the parameters are not finite after the last gradient step" in proc.stdout
+    assert "eval" not in ledger(workdir, "nan")
+
+
 def test_bad_input_under_torchrun_stops_without_hang(workdir):
     proc = run("sac.py", FAST + ["--num-envs", "0"], workdir, nproc=2, timeout=90)
     assert proc.returncode != 0
