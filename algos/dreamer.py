@@ -1065,7 +1065,9 @@ if __name__ == "__main__":
     action_rng = np.random.default_rng(args.seed + rank)  # uniform random actions of the pre-fill
 
     # ALGO LOGIC: networks, optimizer, buffer (parameters start identical on every rank: same seed)
-    torch.distributions.Distribution.set_default_validate_args(False)  # NaN reaches the action check, not a ValueError
+    # OneHotCategorical's inner Categorical ignores validate_args=False: without this, a diverged (NaN) actor raises a
+    # ValueError before the action check can name it. Validation only checks arguments: no value or draw changes
+    torch.distributions.Distribution.set_default_validate_args(False)
     torch.manual_seed(args.seed)
     agent = Agent(obs_space, act_dim, discrete, args.size, args.unimix).to(device)
     slow_critic = copy.deepcopy(agent.critic).requires_grad_(False)
@@ -1119,9 +1121,10 @@ if __name__ == "__main__":
     else:
         obs, _ = envs.reset(seed=[args.seed + rank * m + i for i in range(m)])
     check_env_output(args.env_id, list(obs.values()), start_iteration * P, rank, writer)
-    for i in range(m):
-        add_reset_obs(i, obs)
-    local_starts += m
+    if start_iteration < N:  # a resume of a finished run only evaluates: no episode starts that nothing steps from
+        for i in range(m):
+            add_reset_obs(i, obs)
+        local_starts += m
     is_first = np.ones(m, dtype=bool)  # the current obs of each env starts an episode
     deter, stoch = agent.rssm.initial(m, device)
     prev_action = torch.zeros(m, act_dim, device=device)
@@ -1244,15 +1247,15 @@ if __name__ == "__main__":
 
     def write_video(key: str, video: np.ndarray, step: int) -> None:
         """TensorBoard image `videos/openloop_<key>` (frames left to right in time) and an mp4 in runs/<run>/videos."""
-        if video.shape[-1] not in (3, 4):  # RGB as it is; other channel counts show their first channel in grey
-            video = np.repeat(video[..., :1], 3, -1)
+        # RGB (or RGBA) as RGB; other channel counts (grey, frame stacks) show their first channel in grey
+        video = video[..., :3] if video.shape[-1] in (3, 4) else np.repeat(video[..., :1], 3, -1)
         writer.add_image(f"videos/openloop_{key}", np.concatenate(list(video), 1), step, dataformats="HWC")
         try:
             from moviepy import ImageSequenceClip
         except ImportError:  # moviepy < 2
             from moviepy.editor import ImageSequenceClip
         os.makedirs(os.path.join(run_dir, "videos"), exist_ok=True)
-        frames = [f[..., :3] for f in video]
+        frames = list(video)
         path = os.path.join(run_dir, "videos", f"openloop_{key}_{step:012d}.mp4")
         ImageSequenceClip(frames, fps=10).write_videofile(path, logger=None)
 
@@ -1418,20 +1421,21 @@ if __name__ == "__main__":
             else 0.0,
         }
         if start_iteration == N and os.path.exists(os.path.join(run_dir, "steps.json")):  # resumed only to evaluate
-            trained = json.load(open(os.path.join(run_dir, "steps.json")))  # the ledger of the training that reached N
-            if trained.get("plan") == plan and {"actual", "timing"} <= trained.keys():  # not the fresh resets, nor ~0 s
-                actual = ledger["actual"] = trained["actual"]
-                ledger["timing"] = trained["timing"]
+            with open(os.path.join(run_dir, "steps.json")) as f:
+                trained = json.load(f)  # the ledger of the training that reached N (if its plan is this one)
+            ledger["timing"] = trained["timing"] if trained.get("plan") == plan and "timing" in trained else ledger["timing"]
 
         errors = ledger_errors(plan, actual)
         if actual["stored_steps"] != actual["policy_steps"] + actual["episode_starts"]:
             errors.append(f"stored_steps: counted {actual['stored_steps']} != policy steps + episode starts")
-        eval_error = None
+        eval_error = None if all(map(math.isfinite, actual["param_checksums"])) else (  # diverged after its last action
+            "training diverged: the parameters are not finite after the last gradient step; lower the learning rates "
+            "(no evaluation; the ledger is in steps.json)")  # fmt: skip
         with open(os.path.join(run_dir, "steps.json"), "w") as f:  # written before evaluation, which may fail
             json.dump(ledger, f, indent=2)
 
         # evaluation: policy actions on rank 0, not counted in the ledger's training steps
-        if args.eval_episodes > 0:
+        if args.eval_episodes > 0 and eval_error is None:
             try:
                 eval_env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, args.image_size)()
                 returns, lengths = [], []

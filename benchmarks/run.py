@@ -110,6 +110,13 @@ def script_version(script: str) -> dict:
     return {"script_file": os.path.relpath(real, REPO), "script_sha256": digest, "script_uncommitted_changes": modified}
 
 
+def code_version(script: str) -> tuple[str, dict]:
+    """(the WANDB_TAGS value, script_version): `git describe --dirty`, with `-dirty` also when the script itself is
+    uncommitted or untracked (a fresh copy), which `--dirty` does not see."""
+    tag, version = git_describe(os.path.dirname(script)), script_version(script)
+    return tag + ("-dirty" if version["script_uncommitted_changes"] and not tag.endswith("-dirty") else ""), version
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -243,8 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"error: --torchrun: got {args.torchrun}; use 0 (plain python) or a number of processes")
 
     out = os.path.abspath(args.out or os.path.join("runs", "benchmarks", f"{stem}__{int(time.time())}"))
-    tag, version = git_describe(os.path.dirname(script)), script_version(script)
-    tag += "-dirty" if version["script_uncommitted_changes"] and not tag.endswith("-dirty") else ""  # also when untracked
+    tag, version = code_version(script)
     env = dict(os.environ, WANDB_TAGS=tag, OMP_NUM_THREADS=str(args.torch_threads), PYTHONUNBUFFERED="1")
     exp_name = extra[extra.index("--exp-name") + 1] if "--exp-name" in extra[:-1] else stem
     stamp = int(time.time())

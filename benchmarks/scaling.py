@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = os.path.abspath(args.out or os.path.join("runs", "benchmarks", f"scaling__{stem}__{int(time.time())}"))
     args.output = args.output or (out if args.quick else "benchmarks/results/scaling")  # a smoke test leaves results/ alone
     os.makedirs(out, exist_ok=True)
-    tag = launcher.git_describe(os.path.dirname(script))
+    tag, version = launcher.code_version(script)
     env = dict(os.environ, WANDB_TAGS=tag, OMP_NUM_THREADS=str(args.torch_threads), PYTHONUNBUFFERED="1")
     manifest = {
         "command": shlex.join(["python", "benchmarks/scaling.py"] + argv),
         "git_describe": tag,
-        **launcher.script_version(script),
+        **version,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hardware": launcher.hardware() | {"torch_threads": args.torch_threads, "workers": 1},
         "runs": [],

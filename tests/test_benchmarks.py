@@ -142,7 +142,8 @@ def test_launcher_dry_run_commands(capsys):
 def test_an_uncommitted_copy_of_a_script_is_tagged_dirty(tmp_path, capsys):
     """The documented workflow copies a script and launches the copy before committing it: `git describe --dirty` and
     `git diff` ignore untracked files, so the launcher checks that the script is tracked."""
-    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path, check=True)  # noqa: E731
+    config = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    git = lambda *a: subprocess.run(["git", *config, *a], cwd=tmp_path, check=True)  # noqa: E731
     git("init", "-q")
     (tmp_path / "committed.py").write_text("print(1)\n")
     git("add", "committed.py")
@@ -152,6 +153,7 @@ def test_an_uncommitted_copy_of_a_script_is_tagged_dirty(tmp_path, capsys):
     assert launcher.script_version(str(tmp_path / "copy.py"))["script_uncommitted_changes"] is True
     launcher.main(["--dry-run", "--script", str(tmp_path / "copy.py"), "--env-ids", "Pendulum-v1", "--seeds", "1"])
     assert f"WANDB_TAGS={launcher.git_describe(str(tmp_path))}-dirty " in capsys.readouterr().out
+    assert launcher.code_version(str(tmp_path / "copy.py"))[0].endswith("-dirty")  # what scaling.py tags its runs with
 
 
 def test_launcher_records_a_failed_run(tmp_path):

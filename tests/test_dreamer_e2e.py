@@ -2,6 +2,8 @@
 observations, discrete and continuous actions, plain python and 2-process torchrun, ledgers against plans, what the
 replay stores, determinism, kill-and-resume and bad input."""
 
+import io
+import json
 import os
 import signal
 import subprocess
@@ -63,8 +65,8 @@ def test_pendulum_vector_continuous_two_envs_action_repeat(workdir):
     assert led["actual"]["episodes"] == 4 and led["actual"]["env_steps"] == 320  # 80 policy steps per env
 
 
-@pytest.mark.parametrize("env_id", ["DotImage-v0", "DotImage5-v0"])  # RGB, and 5 channels shown as grey
-def test_image_discrete_with_openloop_video(workdir, env_id):
+@pytest.mark.parametrize("env_id,grey", [("DotImage-v0", False), ("DotImage4-v0", False), ("DotImage5-v0", True)])
+def test_image_discrete_with_openloop_video(workdir, env_id, grey):  # RGB, RGBA shown as RGB, 5 channels as grey
     args = ["--env-id", f"test_dreamer_envs:{env_id}", "--image-size", "16", "--total-steps", "64",
             "--learning-starts", "16", "--replay-ratio", "1/4", "--capture-video", "--video-every", "32"]  # fmt: skip
     out = ok(run("dreamer.py", FAST + args + ["--run-name", "img"], workdir))
@@ -78,6 +80,11 @@ def test_image_discrete_with_openloop_video(workdir, env_id):
     videos = acc.Images("videos/openloop_image")
     assert [v.step for v in videos] == [32, 64]
     assert (videos[0].height, videos[0].width) == (2 * 16, 8 * 2 * 16)  # real over model; 8 steps x 2 sequences
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(videos[0].encoded_image_string)))
+    assert pixels.shape == (2 * 16, 8 * 2 * 16, 3)  # RGB, no alpha
+    assert (pixels[..., 0] == pixels[..., 1]).all() == (pixels[..., 1] == pixels[..., 2]).all() == grey  # the dot is orange
     assert sorted(p.name for p in (workdir / "runs" / "img" / "videos").iterdir()) == [
         "openloop_image_000000000032.mp4",
         "openloop_image_000000000064.mp4",
@@ -165,7 +172,15 @@ def test_a_resume_that_only_evaluates_keeps_the_training_ledger(workdir):
     evaluated = ledger(workdir, "ev")
     assert evaluated["eval"]["episodes"] == 1 and evaluated["actual"]["policy_steps"] == 64
     assert evaluated["timing"] == trained["timing"] and trained["timing"]["train_seconds"] > 0
-    assert evaluated["actual"] == trained["actual"]  # the resume's fresh resets trained nothing
+    assert evaluated["actual"] == trained["actual"]  # the resume's fresh resets are not counted: nothing steps from them
+    steps = workdir / "runs" / "ev" / "steps.json"
+    steps.unlink()  # killed after the final checkpoint, before steps.json: the counts come from the checkpoint alone
+    ok(run("dreamer.py", args + ["--resume", "yes", "--eval-episodes", "1"], workdir))
+    assert ledger(workdir, "ev")["actual"] == trained["actual"] and ledger(workdir, "ev")["timing"]["train_seconds"] == 0
+    other = trained | {"plan": trained["plan"] | {"gradient_steps": 1}, "timing": {"train_seconds": 123.0}}
+    steps.write_text(json.dumps(other))  # another plan's ledger (no evaluation yet) lends no timing
+    ok(run("dreamer.py", args + ["--resume", "yes", "--eval-episodes", "1"], workdir))
+    assert ledger(workdir, "ev")["timing"]["train_seconds"] == 0
 
 
 def stored_sequence(workdir, name: str) -> dict:
@@ -267,6 +282,16 @@ def test_diverged_training_stops_with_one_line(workdir, env_id):
     proc = run("dreamer.py", args, workdir, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "error: training diverged: the agent's actions at policy step 25 (rank 0) are not finite" in proc.stderr
+
+
+def test_divergence_at_the_last_gradient_step_is_reported_not_evaluated(workdir):
+    args = FAST + ["--env-id", "CartPole-v1", "--total-steps", "17", "--learning-starts", "16", "--replay-ratio", "1",
+                   "--learning-rate", "1e30", "--warmup", "0", "--agc", "0", "--eval-episodes", "1"]  # fmt: skip
+    args += ["--run-name", "nan"]
+    proc = run("dreamer.py", args, workdir, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "error: training diverged: the parameters are not finite after the last gradient step" in proc.stdout
+    assert "eval" not in ledger(workdir, "nan")
 
 
 def test_bad_input_under_torchrun_stops_without_hang(workdir):

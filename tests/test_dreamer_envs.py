@@ -81,6 +81,7 @@ class DotDictEnv(gym.Env):
 
 gym.register("Echo-v0", entry_point=EchoEnv)
 gym.register("DotImage-v0", entry_point=DotImageEnv, max_episode_steps=20)
+gym.register("DotImage4-v0", entry_point=DotImageEnv, max_episode_steps=20, kwargs={"channels": 4})
 gym.register("DotImage5-v0", entry_point=DotImageEnv, max_episode_steps=20, kwargs={"channels": 5})
 gym.register("Empty-v0", entry_point=lambda: gym.wrappers.TransformObservation(
     DotImageEnv(), lambda obs: np.zeros(0, np.float32), gym.spaces.Box(-1, 1, (0,), np.float32)))  # fmt: skip

@@ -39,10 +39,10 @@ def test_utils_holds_no_algorithm():
     text = (ROOT / "utils" / "__init__.py").read_text()
     for forbidden in ("class ReplayBuffer", "class ActionRepeat", "class Ratio", "nn.Module", "def step_plan"):
         assert forbidden not in text
-    # DESIGN asks for about 200 lines; the bad-input, resume, run-directory, signal, allocator and multi-node plumbing
-    # (checkpoint read/write checks, the run lock, the join and collective timeouts, the attempt numbering of torchrun
-    # restarts, the env API check) took it to 615 (a known overrun, kept here as a ceiling so utils cannot quietly grow
-    # further; calls are not squeezed onto fewer lines)
+    # the design contract (DESIGN.md, beside the repository) asks for about 200 lines; the bad-input, resume,
+    # run-directory, signal, allocator and multi-node plumbing (checkpoint read/write checks, the run lock, the join and
+    # collective timeouts, the attempt numbering of torchrun restarts, the env API check) took it to 615 (a known
+    # overrun, kept here as a ceiling so utils cannot quietly grow further; calls are not squeezed onto fewer lines)
     assert len(text.splitlines()) < 616
 
 
