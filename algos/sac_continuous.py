@@ -852,7 +852,7 @@ if __name__ == "__main__":
         print(json.dumps(ledger, indent=2), flush=True)
         close_tracking(writer, args.track)
         if errors:
-            print("LEDGER MISMATCH (a bug in the step accounting):\n  " + "\n  ".join(errors), flush=True)
+            print("LEDGER MISMATCH (a bug in the step accounting):\n  " + "\n  ".join(errors), file=sys.stderr, flush=True)
         if eval_error:
-            print(f"error: {eval_error}", flush=True)
+            print(f"error: {eval_error}", file=sys.stderr, flush=True)
     teardown(final_exit_code(1 if rank == 0 and (errors or eval_error) else 0, world_size))

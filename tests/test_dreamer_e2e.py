@@ -22,7 +22,7 @@ LOSSES = {"dyn_loss", "rep_loss", "rew_loss", "con_loss", "policy_loss", "value_
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and "LEDGER MISMATCH" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "LEDGER MISMATCH" not in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -290,7 +290,7 @@ def test_divergence_at_the_last_gradient_step_is_reported_not_evaluated(workdir)
     args += ["--run-name", "nan"]
     proc = run("dreamer.py", args, workdir, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "error: training diverged: the parameters are not finite after the last gradient step" in proc.stdout
+    assert "error: training diverged: the parameters are not finite after the last gradient step" in proc.stderr  # not stdout
     assert "eval" not in ledger(workdir, "nan")
 
 

@@ -370,7 +370,7 @@ def test_divergence_at_the_last_gradient_step_is_reported_not_evaluated(workdir)
                    "--eval-episodes", "1", "--run-name", "nan"]  # fmt: skip
     proc = run("sac.py", args, workdir, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "error: training diverged: the parameters are not finite after the last gradient step" in proc.stdout
+    assert "error: training diverged: the parameters are not finite after the last gradient step" in proc.stderr  # not stdout
     assert "eval" not in ledger(workdir, "nan")
 
 
@@ -499,7 +499,7 @@ def test_failing_evaluation_keeps_the_ledger_and_exits_1(workdir):
                    "--eval-episodes", "2", "--run-name", "e"]  # fmt: skip
     proc = run("sac.py", args, workdir)
     assert proc.returncode == 1
-    assert "evaluation failed (RuntimeError: evaluation env broke)" in proc.stdout
+    assert "error: evaluation failed (RuntimeError: evaluation env broke)" in proc.stderr
     led = ledger(workdir, "e")
     check_ledger_equals_plan(led)
     assert "eval" not in led
