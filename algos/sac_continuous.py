@@ -177,13 +177,16 @@ class ActionRepeat(gym.Wrapper):
         return obs, total_reward, terminated, truncated, info
 
 
+EPISODE_KEY = "steprl_episode"  # not gymnasium's "episode": an env that records its own statistics keeps them
+
+
 def wrap_steps(env: gym.Env, action_repeat: int, max_episode_steps: int | None) -> gym.Env:
     """The env's own TimeLimit (env steps) inside the repeat; `max_episode_steps` (policy steps) and the episode
     statistics (return and length in policy steps) outside it."""
     env = ActionRepeat(env, action_repeat)
     if max_episode_steps is not None:
         env = gym.wrappers.TimeLimit(env, max_episode_steps)
-    return gym.wrappers.RecordEpisodeStatistics(env)
+    return gym.wrappers.RecordEpisodeStatistics(env, stats_key=EPISODE_KEY)
 
 
 def env_steps_taken(infos: dict, done: np.ndarray) -> int:
@@ -198,7 +201,7 @@ def finished_episodes(infos: dict, done: np.ndarray) -> list[tuple[float, int]]:
     """(return, length in policy steps) of each episode that ended in this vector step."""
     if not done.any():
         return []
-    ep = infos["final_info"]["episode"]
+    ep = infos["final_info"][EPISODE_KEY]
     return [(float(ep["r"][i]), int(ep["l"][i])) for i in np.flatnonzero(done)]
 
 
@@ -825,7 +828,9 @@ if __name__ == "__main__":
                     eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
                     ep_return = 0.0
                     for length in range(1, sys.maxsize if limited else EVAL_STEP_CAP + 1):
-                        action = actor.act(eval_obs[None], deterministic=True)[0]
+                        action = actor.act(np.asarray(eval_obs)[None], deterministic=True)[
+                            0
+                        ]  # a list, as the vector env takes
                         eval_obs, reward, terminated, truncated, _ = eval_env.step(action)
                         ep_return += float(reward)
                         if terminated or truncated:

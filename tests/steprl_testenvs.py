@@ -120,19 +120,24 @@ gym.register("HugeBounds-v0", entry_point=lambda **kw: gym.wrappers.RescaleActio
 
 class OffApiEnv(CountdownEnv):
     """Off gymnasium's API: `bug="shape"` returns 3 numbers where its observation_space says 2; `bug="old_step"`
-    returns old gym's 4-tuple from step(); `bug="own_code"` raises a TypeError in its own step()."""
+    returns old gym's 4-tuple from step(); `bug="own_code"` raises a TypeError in its own step(); `bug="array_reward"`
+    returns its reward as an array of shape (1,); `bug="list_obs"` (not a bug: gymnasium warns) returns lists."""
 
     def __init__(self, bug: str, render_mode: str | None = None):
         super().__init__(render_mode=render_mode)
         self.bug = bug
 
     def _obs(self):
+        if self.bug == "list_obs":  # allowed: gymnasium only warns, and its vector envs stack lists
+            return super()._obs().tolist()
         return np.zeros(3, dtype=np.float32) if self.bug == "shape" else super()._obs()
 
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
         if self.bug == "own_code":
             reward = "a bug of its own" + reward  # TypeError
+        if self.bug == "array_reward":
+            reward = np.array([reward])
         if self.bug == "old_step":
             return obs, reward, terminated or truncated, info
         return obs, reward, terminated, truncated, info
@@ -141,6 +146,10 @@ class OffApiEnv(CountdownEnv):
 gym.register("WrongShape-v0", entry_point=OffApiEnv, kwargs={"bug": "shape"})
 gym.register("OldStep-v0", entry_point=OffApiEnv, kwargs={"bug": "old_step"})
 gym.register("OwnBug-v0", entry_point=OffApiEnv, kwargs={"bug": "own_code"})
+gym.register("ArrayReward-v0", entry_point=OffApiEnv, kwargs={"bug": "array_reward"})
+gym.register("ListObs-v0", entry_point=OffApiEnv, kwargs={"bug": "list_obs"})
+# an env that records its own episode statistics under gymnasium's default key (the scripts use their own key)
+gym.register("OwnStats-v0", entry_point=lambda **kw: gym.wrappers.RecordEpisodeStatistics(CountdownEnv(**kw)))
 gym.register("NanFinal-v0", entry_point=NanAtEnv, kwargs={"where": "final"})
 gym.register("NanReset-v0", entry_point=NanAtEnv, kwargs={"where": "reset"})
 

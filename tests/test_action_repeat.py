@@ -27,14 +27,14 @@ def test_pendulum_repeat_3_registered_limit():
     env = sac.wrap_steps(gym.make("Pendulum-v1"), action_repeat=3, max_episode_steps=None)
     policy_steps, env_steps, _, info = one_episode(env)
     assert (policy_steps, env_steps) == (67, 200)
-    assert info["episode"]["l"] == 67  # episode length is counted in policy steps
+    assert info[sac.EPISODE_KEY]["l"] == 67  # episode length is counted in policy steps
 
 
 def test_pendulum_repeat_3_policy_step_limit():
     env = sac.wrap_steps(gym.make("Pendulum-v1"), action_repeat=3, max_episode_steps=50)
     policy_steps, env_steps, _, info = one_episode(env)
     assert (policy_steps, env_steps) == (50, 150)
-    assert info["episode"]["l"] == 50
+    assert info[sac.EPISODE_KEY]["l"] == 50
 
 
 def test_termination_inside_a_repeat_stops_early_and_sums_only_steps_taken():
@@ -43,7 +43,7 @@ def test_termination_inside_a_repeat_stops_early_and_sums_only_steps_taken():
     assert (policy_steps, env_steps) == (33, 129)
     assert total == sum(range(1, 130))  # rewards 1..129: nothing after the terminal step
     assert info["env_steps"] == 1  # the last policy step took a single env step (129 = 32 * 4 + 1)
-    assert info["episode"]["r"] == sum(range(1, 130))
+    assert info[sac.EPISODE_KEY]["r"] == sum(range(1, 130))
 
 
 def test_repeat_sums_rewards_of_each_policy_step():

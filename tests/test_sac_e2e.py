@@ -321,6 +321,11 @@ BAD = [
     ),  # fmt: skip
     (["--env-id", "steprl_testenvs:OldStep-v0"], "steprl_testenvs:OldStep-v0 does not follow gymnasium's API"),
     (
+        ["--env-id", "steprl_testenvs:ArrayReward-v0"],
+        "ArrayReward-v0 does not follow gymnasium's API: step() must return (obs, reward, terminated, truncated, info) with a "
+        "scalar reward",
+    ),
+    (
         ["--env-id", "steprl_testenvs:HugeBounds-v0"],
         "HugeBounds-v0's action bounds reach 1e+30: the critics' gradients overflow",
     ),
@@ -503,6 +508,20 @@ def test_failing_evaluation_keeps_the_ledger_and_exits_1(workdir):
     led = ledger(workdir, "e")
     check_ledger_equals_plan(led)
     assert "eval" not in led
+
+
+def test_env_with_its_own_episode_statistics_and_list_observations(workdir):
+    """An env that wraps itself in RecordEpisodeStatistics (gymnasium's 'episode' key) keeps its statistics apart from
+    the script's; one that returns lists (gymnasium only warns) is evaluated as it is trained."""
+    args = FAST + ["--env-id", "steprl_testenvs:OwnStats-v0", "--action-repeat", "4", "--total-steps", "66",
+                   "--learning-starts", "40", "--run-name", "own"]  # fmt: skip
+    ok(run("sac.py", args, workdir))
+    assert ledger(workdir, "own")["actual"]["episodes"] == 2  # 33 policy steps (129 env steps) each
+    assert scalars(workdir / "runs" / "own", "charts/")["charts/episodic_length"][-1][1] == 33  # policy steps, not 129
+    args = FAST + ["--env-id", "steprl_testenvs:ListObs-v0", "--total-steps", "60", "--learning-starts", "40",
+                   "--eval-episodes", "1", "--max-episode-steps", "20", "--run-name", "list"]  # fmt: skip
+    ok(run("sac.py", args, workdir))
+    assert ledger(workdir, "list")["eval"]["mean_length"] == 20
 
 
 def test_pretrain_ledger_with_more_gradient_steps_than_one_sampling_chunk(workdir):

@@ -111,7 +111,8 @@ def check_env_id(env_id: str) -> tuple:
     try:  # one reset and one step now: an env off gymnasium's API would fail later, in the vector env, with a traceback
         first, last = env.reset(seed=0), env.step(env.action_space.sample())
         assert isinstance(first, tuple) and len(first) == 2, "reset() must return (observation, info)"
-        assert isinstance(last, tuple) and len(last) == 5, "step() must return (obs, reward, terminated, truncated, info)"
+        assert isinstance(last, tuple) and len(last) == 5 and np.ndim(last[1]) == 0, (  # a reward of shape (1,) fails late
+            "step() must return (obs, reward, terminated, truncated, info) with a scalar reward")  # fmt: skip
     except (AssertionError, ValueError, TypeError) as e:  # raised by gymnasium's checker and wrappers, or above
         if not re.search(r"[/\\](gymnasium|steprl|utils)[/\\]", traceback.extract_tb(e.__traceback__)[-1].filename):
             raise  # a bug in the env's own code: its traceback shows where
