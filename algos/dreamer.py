@@ -1043,7 +1043,7 @@ if __name__ == "__main__":
         cadences = [("log_every", args.log_every), ("checkpoint_every", args.checkpoint_every)]
         cadences += [("video_every", args.video_every)] if args.capture_video else []
         for flag, every in cadences:
-            if every % P:  # sheeprl warns alike
+            if every % P and every != getattr(Args, flag):  # sheeprl warns alike (here not of a default nobody chose)
                 warn(f"--{flag.replace('_', '-')} {every} is not a multiple of {P} policy steps per iteration; it happens at "
                      "the first iteration past each multiple")  # fmt: skip
         if plan["training_iterations"] == 0:

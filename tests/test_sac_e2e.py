@@ -513,15 +513,17 @@ def test_failing_evaluation_keeps_the_ledger_and_exits_1(workdir):
 def test_env_with_its_own_episode_statistics_and_list_observations(workdir):
     """An env that wraps itself in RecordEpisodeStatistics (gymnasium's 'episode' key) keeps its statistics apart from
     the script's; one that returns lists (gymnasium only warns) is evaluated as it is trained."""
-    args = FAST + ["--env-id", "steprl_testenvs:OwnStats-v0", "--action-repeat", "4", "--total-steps", "66",
-                   "--learning-starts", "40", "--run-name", "own"]  # fmt: skip
-    ok(run("sac.py", args, workdir))
-    assert ledger(workdir, "own")["actual"]["episodes"] == 2  # 33 policy steps (129 env steps) each
+    args = FAST + ["--env-id", "steprl_testenvs:OwnStats-v0", "--action-repeat", "4", "--total-steps", "198",
+                   "--num-envs", "3", "--learning-starts", "40", "--run-name", "own"]  # fmt: skip
+    proc = ok(run("sac.py", args, workdir))
+    assert ledger(workdir, "own")["actual"]["episodes"] == 6  # 33 policy steps (129 env steps) each, 66 per env
     assert scalars(workdir / "runs" / "own", "charts/")["charts/episodic_length"][-1][1] == 33  # policy steps, not 129
-    args = FAST + ["--env-id", "steprl_testenvs:ListObs-v0", "--total-steps", "60", "--learning-starts", "40",
-                   "--eval-episodes", "1", "--max-episode-steps", "20", "--run-name", "list"]  # fmt: skip
-    ok(run("sac.py", args, workdir))
-    assert ledger(workdir, "list")["eval"]["mean_length"] == 20
+    assert "warning: --log-every 200 is not a multiple of 3" in proc.stderr  # a cadence chosen is warned about...
+    args = FAST[:-2] + ["--env-id", "steprl_testenvs:ListObs-v0", "--total-steps", "60", "--learning-starts", "39",
+                        "--num-envs", "3", "--eval-episodes", "1", "--max-episode-steps", "20", "--run-name", "l"]  # fmt: skip
+    proc = ok(run("sac.py", args, workdir))
+    assert ledger(workdir, "l")["eval"]["mean_length"] == 20
+    assert "--log-every" not in proc.stderr  # ...the default (1000, not a multiple of 3) is not
 
 
 def test_pretrain_ledger_with_more_gradient_steps_than_one_sampling_chunk(workdir):
