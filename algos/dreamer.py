@@ -277,7 +277,7 @@ class DictObs(gym.ObservationWrapper):
         out = {}
         for k, s in self.inner.items():
             if is_image(s):
-                x = np.asarray(obs[k])
+                x = np.asarray(obs[k], dtype=np.uint8)  # its space's dtype: a list or float64 frame is cast, as vectors are
                 x = x[..., None] if x.ndim == 2 else x
                 rows = np.arange(self.size) * x.shape[0] // self.size
                 cols = np.arange(self.size) * x.shape[1] // self.size
@@ -1088,7 +1088,8 @@ if __name__ == "__main__":
     def to_env_action(a: np.ndarray) -> np.ndarray:
         if discrete:
             return a.argmax(-1) + act_space.start  # Discrete(n, start=s) takes s .. s + n - 1
-        return (act_space.low + (np.clip(a, -1, 1) + 1) / 2 * (act_space.high - act_space.low)).astype(act_space.dtype)
+        low, high = act_space.low.astype(np.float64), act_space.high.astype(np.float64)  # high - low may overflow float32
+        return (low + (np.clip(a, -1, 1) + 1) / 2 * (high - low)).astype(act_space.dtype)
 
     def add_reset_obs(i: int, obs: dict) -> None:
         rb.add(i, {k: v[i] for k, v in obs.items()} | {"is_first": True})
@@ -1259,7 +1260,8 @@ if __name__ == "__main__":
             from moviepy.editor import ImageSequenceClip
         os.makedirs(os.path.join(run_dir, "videos"), exist_ok=True)
         frames = list(video)
-        path = os.path.join(run_dir, "videos", f"openloop_{key}_{step:012d}.mp4")
+        name = key.replace("/", "_").replace("\\", "_")  # a Dict key such as 'cam/rgb' is no directory
+        path = os.path.join(run_dir, "videos", f"openloop_{name}_{step:012d}.mp4")
         ImageSequenceClip(frames, fps=10).write_videofile(path, logger=None)
 
     def save(iteration: int) -> None:

@@ -108,6 +108,19 @@ def test_dict_observations_continuous(workdir):
     assert {"losses/rec_image_loss", "losses/rec_state_loss"} <= set(scalars(workdir / "runs" / "dict"))
 
 
+def test_dict_with_a_slash_key_float_frames_and_huge_action_bounds(workdir):
+    """'cam/rgb' names a video file, not a directory; float64 frames of a uint8 space are cast; bounds of +-3e38 give
+    finite actions (their width overflows float32)."""
+    args = ["--env-id", "test_dreamer_envs:OddDict-v0", "--image-size", "16", "--total-steps", "64",
+            "--learning-starts", "16", "--replay-ratio", "1/4", "--capture-video", "--video-every", "32"]  # fmt: skip
+    ok(run("dreamer.py", FAST + args + ["--run-name", "odd"], workdir))
+    check_ledger(ledger(workdir, "odd"))
+    assert sorted(p.name for p in (workdir / "runs" / "odd" / "videos").iterdir()) == [
+        "openloop_cam_rgb_000000000032.mp4",
+        "openloop_cam_rgb_000000000064.mp4",
+    ]
+
+
 def test_torchrun_two_processes_ledger_and_ranks_in_sync(workdir):
     args = ["--env-id", "CartPole-v1", "--total-steps", "130", "--learning-starts", "32", "--replay-ratio", "1/4",
             "--num-envs", "2"]  # fmt: skip

@@ -54,20 +54,24 @@ class DotImageEnv(gym.Env):
 
 
 class DotDictEnv(gym.Env):
-    """Dict observations mixing an image and a vector; Box(2) actions; terminates when the dot leaves [0, 1]."""
+    """Dict observations mixing an image and a vector; Box(2) actions; terminates when the dot leaves [0, 1].
+    `odd=True`: the image key is 'cam/rgb', frames come as float64 (a uint8 space all the same) and the action bounds
+    are +-3e38 (their width overflows float32)."""
 
-    def __init__(self):
+    def __init__(self, odd: bool = False):
+        self.key, self.bound = ("cam/rgb", 3e38) if odd else ("image", 1.0)
         self.observation_space = gym.spaces.Dict(
             {
-                "image": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8),
+                self.key: gym.spaces.Box(0, 255, (16, 16, 3), np.uint8),
                 "state": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
             }
         )
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self.pos = 0.5
+        self.action_space = gym.spaces.Box(-self.bound, self.bound, (2,), np.float32)
+        self.pos, self.odd = 0.5, odd
 
     def _obs(self):
-        return {"image": _frame(self.pos), "state": np.array([self.pos, 1.0], np.float32)}
+        frame = _frame(self.pos).astype(np.float64 if self.odd else np.uint8)
+        return {self.key: frame, "state": np.array([self.pos, 1.0], np.float32)}
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -75,7 +79,7 @@ class DotDictEnv(gym.Env):
         return self._obs(), {}
 
     def step(self, action):
-        self.pos += 0.2 * float(action[0])
+        self.pos += 0.2 * float(action[0]) / self.bound
         return self._obs(), 1.0, not 0 <= self.pos <= 1, False, {}
 
 
@@ -86,3 +90,4 @@ gym.register("DotImage5-v0", entry_point=DotImageEnv, max_episode_steps=20, kwar
 gym.register("Empty-v0", entry_point=lambda: gym.wrappers.TransformObservation(
     DotImageEnv(), lambda obs: np.zeros(0, np.float32), gym.spaces.Box(-1, 1, (0,), np.float32)))  # fmt: skip
 gym.register("DotDict-v0", entry_point=DotDictEnv, max_episode_steps=25)
+gym.register("OddDict-v0", entry_point=DotDictEnv, max_episode_steps=25, kwargs={"odd": True})
