@@ -828,9 +828,7 @@ if __name__ == "__main__":
                     eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
                     ep_return = 0.0
                     for length in range(1, sys.maxsize if limited else EVAL_STEP_CAP + 1):
-                        action = actor.act(np.asarray(eval_obs)[None], deterministic=True)[
-                            0
-                        ]  # a list, as the vector env takes
+                        action = actor.act(np.asarray(eval_obs)[None], deterministic=True)[0]  # lists too, as in training
                         eval_obs, reward, terminated, truncated, _ = eval_env.step(action)
                         ep_return += float(reward)
                         if terminated or truncated:
