@@ -1,5 +1,6 @@
 """Small gymnasium envs for the tests, registered on import so scripts can use `--env-id steprl_testenvs:Countdown-v0`."""
 
+import os
 import time
 
 import gymnasium as gym
@@ -166,3 +167,19 @@ class RewardKeyEnv(CountdownEnv):
 
 
 gym.register("RewardKey-v0", entry_point=RewardKeyEnv)
+
+
+class ResizedEnv(CountdownEnv):
+    """Countdown with `STEPRL_TEST_OBS_SIZE` observation entries (default 2): a run resumed with another size is a
+    checkpoint from an env whose spaces changed."""
+
+    def __init__(self, render_mode: str | None = None):
+        super().__init__(render_mode=render_mode)
+        self.size = int(os.environ.get("STEPRL_TEST_OBS_SIZE", "2"))
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.size,), np.float32)
+
+    def _obs(self):
+        return np.resize(super()._obs(), self.size)
+
+
+gym.register("Resized-v0", entry_point=ResizedEnv)

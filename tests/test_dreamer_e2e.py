@@ -336,7 +336,8 @@ def test_resume_rejects_changed_settings_and_a_checkpoint_without_replay(workdir
     torch.save(saved | {"agent": dict(list(saved["agent"].items())[1:])}, ckpt / "shared.pt")
     stale = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "r", "--resume", "yes"], workdir, timeout=60)
     assert stale.returncode == 2 and "Traceback" not in stale.stderr
-    assert "--resume: the checkpoint's 'agent' does not fit this script" in stale.stderr
+    assert "--resume: the checkpoint's 'agent' does not fit (Error(s) in loading state_dict for Agent:" in stale.stderr
+    assert "Missing key(s) in state_dict:" in stale.stderr  # the first mismatch, on the same line
     torch.save(saved, ckpt / "shared.pt")
 
     ok(run("dreamer.py", args + ["--total-steps", "32", "--run-name", "nb", "--no-checkpoint-buffer"], workdir))

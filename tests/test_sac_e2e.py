@@ -491,7 +491,7 @@ def test_resume_rejects_changed_settings_and_a_passed_budget(workdir):
     torch.save(saved | {"actor": older}, ckpt / "shared.pt")
     stale = run("sac.py", args + ["--total-steps", "400", "--resume", "yes"], workdir, timeout=60)
     assert stale.returncode == 2 and "Traceback" not in stale.stderr
-    assert "--resume: the checkpoint's 'actor' does not fit this script" in stale.stderr
+    assert "--resume: the checkpoint's 'actor' does not fit (Error(s) in loading state_dict for Actor:" in stale.stderr
     torch.save(saved, ckpt / "shared.pt")
     longer = ok(run("sac.py", args + ["--total-steps", "400", "--resume", "yes"], workdir))  # a larger budget continues
     assert "resumed from" in longer.stdout
@@ -717,3 +717,13 @@ def test_an_evaluation_longer_than_the_collective_timeout_lets_the_other_ranks_w
                    "--eval-episodes", "5"]  # fmt: skip
     ok(run("sac.py", args, workdir, nproc=2, timeout=120, env=script_env() | {"STEPRL_TIMEOUT": "8"}))
     assert ledger(workdir)["eval"]["episodes"] == 5
+
+
+def test_resume_after_the_env_changed_its_spaces_names_the_mismatch(workdir):
+    args = FAST + ["--env-id", "steprl_testenvs:Resized-v0", "--learning-starts", "100", "--run-name", "r"]
+    ok(run("sac.py", args + ["--total-steps", "200", "--checkpoint-every", "200"], workdir))
+    resized = script_env() | {"STEPRL_TEST_OBS_SIZE": "3"}  # the user's env module now returns 3 entries, not 2
+    grown = run("sac.py", args + ["--total-steps", "400", "--resume", "yes"], workdir, env=resized, timeout=60)
+    assert grown.returncode == 2 and "Traceback" not in grown.stderr
+    assert "size mismatch for fc1.weight: copying a param with shape torch.Size([256, 2]) from checkpoint" in grown.stderr
+    assert "the script or env's spaces changed; start a new run" in grown.stderr

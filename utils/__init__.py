@@ -587,13 +587,13 @@ def load_checkpoint(path: str, rank: int, world_size: int) -> tuple[dict, dict]:
 
 
 def load_states(modules: dict, shared: dict) -> None:
-    """`load_state_dict` of each named part from the checkpoint; one that does not fit (another version of the script)
-    exits 2 naming the part, instead of a traceback."""
+    """`load_state_dict` of each named part; one that does not fit exits 2 naming it and its first mismatch."""
     try:
         for key, module in modules.items():
             module.load_state_dict(shared[key])
     except (KeyError, RuntimeError, ValueError) as e:
-        fail("--resume", f"the checkpoint's {key!r} does not fit this script ({str(e).splitlines()[0]}); start a new run")
+        why = " ".join(line.strip() for line in str(e).splitlines()[:2])  # torch's header, then its first mismatch
+        fail("--resume", f"the checkpoint's {key!r} does not fit ({why}): the script or env's spaces changed; start a new run")
 
 
 def rng_state() -> dict:
