@@ -83,7 +83,7 @@ class Args:
     keep_checkpoints: int = 2
     """how many of the newest checkpoints to keep"""
     checkpoint_buffer: bool = True
-    """if toggled, checkpoints hold every rank's replay buffer (needed for an exact resume)"""
+    """if toggled, checkpoints hold every rank's replay buffer (without it they hold weights only: no resume of training)"""
     resume: Literal["no", "auto", "yes"] = "no"
     """continue from the newest checkpoint of the run directory: `yes` requires one, `auto` starts fresh without"""
     torch_threads: int = 1
@@ -182,6 +182,8 @@ RESUME_FLAGS = [  # a resumed run must keep these (step plan, buffers, networks,
     "per_rank_buffer_size",
     "image_size",
     "size",
+    "per_rank_batch_size",  # with the sequence length, the train ratio that the ledger reports for the whole run
+    "per_rank_sequence_length",
     "learning_rate",  # the optimizer's settings and the seed live in the checkpoint (optimizer and RNG states): a new
     "warmup",  # value would be ignored while the run's config showed it
     "agc",
@@ -647,8 +649,7 @@ class ConvStage(nn.Module):
 
 def image_stages(image_size: int, depth: int) -> list[int]:
     """CNN channels per stage, depth x (2, 3, 4, 4, 4, ...), one stage per halving down to 4x4."""
-    n = int(math.log2(image_size)) - 2
-    return [depth * m for m in (2, 3, 4, 4, 4, 4, 4)[:n]]
+    return [depth * min(m, 4) for m in range(2, int(math.log2(image_size)))]
 
 
 class Encoder(nn.Module):
@@ -946,6 +947,9 @@ def validate(args: Args) -> None:
             "--per-rank-buffer-size",
             f"{args.per_rank_buffer_size} holds fewer than {T} steps per env; use at least {T * args.num_envs}",
         )
+    if args.checkpoint_every and not args.checkpoint_buffer:  # a torchrun restart (--resume auto) would exit 2 too
+        warn("--no-checkpoint-buffer: checkpoints will hold the weights only, and training cannot resume from them (DreamerV3 "
+             "cannot train on an empty replay); only the evaluation of a finished run can")  # fmt: skip
     check_run_dir(args.run_name, args.resume)
     if args.capture_video:
         try:

@@ -220,6 +220,15 @@ def test_encoder_cnn_stages_down_to_4x4_and_mlp_symlog():
     assert torch.allclose(venc.mlp[:1](D.symlog(big["vector"])), expected)
 
 
+@pytest.mark.parametrize("size", [8, 1024])  # --image-size accepts every power of two from 8
+def test_encoder_and_decoder_reach_4x4_at_every_image_size(size):
+    enc = D.Encoder(img_space(size), units=8, depth=1)
+    assert len(enc.cnn) == int(np.log2(size)) - 2 and enc.out_dim == 16 * min(len(enc.cnn) + 1, 4)
+    assert enc({"image": torch.zeros(1, 1, size, size, 3, dtype=torch.uint8)}).shape == (1, 1, enc.out_dim)
+    dec = D.Decoder(img_space(size), feat_dim=8, units=8, depth=1)
+    assert dec(torch.zeros(1, 1, 8))["image"].shape == (1, 1, size, size, 3)
+
+
 def test_decoder_outputs_and_reconstruction_loss():
     space = gym.spaces.Dict({"image": img_space(16)["image"], "vector": vec_space(3)["vector"]})
     dec = D.Decoder(space, feat_dim=20, units=16, depth=4)

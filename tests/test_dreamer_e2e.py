@@ -328,6 +328,9 @@ def test_resume_rejects_changed_settings_and_a_checkpoint_without_replay(workdir
     lr = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "r", "--resume", "yes", "--learning-rate", "1e-3"],
              workdir, timeout=60)  # fmt: skip
     assert lr.returncode == 2 and "--learning-rate 4e-05 (checkpoint) vs 0.001 (now)" in lr.stderr  # the optimizer's state
+    batch = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "r", "--resume", "yes", "--per-rank-batch-size",
+                "4"], workdir, timeout=60)  # fmt: skip
+    assert batch.returncode == 2 and "--per-rank-batch-size 2 (checkpoint) vs 4 (now)" in batch.stderr  # the train ratio
     assert "Traceback" not in changed.stderr
     import torch  # a checkpoint that does not fit this script (here: a parameter missing): exit 2, no traceback
 
@@ -340,7 +343,8 @@ def test_resume_rejects_changed_settings_and_a_checkpoint_without_replay(workdir
     assert "Missing key(s) in state_dict:" in stale.stderr  # the first mismatch, on the same line
     torch.save(saved, ckpt / "shared.pt")
 
-    ok(run("dreamer.py", args + ["--total-steps", "32", "--run-name", "nb", "--no-checkpoint-buffer"], workdir))
+    nb = ok(run("dreamer.py", args + ["--total-steps", "32", "--run-name", "nb", "--no-checkpoint-buffer"], workdir))
+    assert "--no-checkpoint-buffer: checkpoints will hold the weights only, and training cannot resume" in nb.stderr
     empty = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "nb", "--resume", "yes"], workdir, timeout=60)
     assert empty.returncode == 2 and "holds no replay buffer" in empty.stderr and "Traceback" not in empty.stderr
     longer = ok(run("dreamer.py", args + ["--total-steps", "64", "--run-name", "r", "--resume", "yes"], workdir))
