@@ -453,6 +453,13 @@ def actor_alpha_loss(actor: Actor, qf: TwinQ, obs: torch.Tensor, log_alpha: torc
     return actor_loss, alpha_loss
 
 
+def compile_losses():
+    """`--compile`: both loss functions through torch.compile, drawing their noise from torch's generator as in eager
+    mode (inductor's own generator would give another run for the same seed)."""
+    torch._inductor.config.fallback_random = True
+    return torch.compile(critic_loss), torch.compile(actor_alpha_loss)
+
+
 def validate(args: Args) -> None:
     """Bad input: exit 2 with the flag and the fix, before any env or process group starts (same on every rank)."""
     if not args.exp_name.strip():
@@ -653,7 +660,7 @@ if __name__ == "__main__":
     alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
     actor_params, qf_params, qf_target_params = list(actor.parameters()), list(qf.parameters()), list(qf_target.parameters())
     if args.compile:
-        critic_loss, actor_alpha_loss = torch.compile(critic_loss), torch.compile(actor_alpha_loss)
+        critic_loss, actor_alpha_loss = compile_losses()
     hidden_dtype = torch.bfloat16 if args.bf16 else torch.float32  # of the updates; acting and evaluation use float32
     if args.bf16 and device.type == "cpu" and not getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)():
         warn("--bf16: torch finds no native bfloat16 matmul on this CPU (avx512_bf16 or AMX); it may be slower than float32")

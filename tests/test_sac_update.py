@@ -170,16 +170,26 @@ def test_replay_buffer_takes_ram_as_it_fills_not_at_start():
     assert all(bool((batch[0] == 1).all()) for batch in rb.sample(4, 256))  # only stored rows are drawn
 
 
-def losses_and_grads(hidden_dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def losses_and_grads(hidden_dtype: torch.dtype, losses=(sac.critic_loss, sac.actor_alpha_loss)):
+    critic_loss, actor_alpha_loss = losses
     actor, qf, qf_target, data = setup()
     log_alpha = torch.tensor(-0.5, requires_grad=True)
     torch.manual_seed(1)
-    qf_loss, _ = sac.critic_loss(actor, qf, qf_target, data, torch.tensor(0.3), 0.99, hidden_dtype)
+    qf_loss, _ = critic_loss(actor, qf, qf_target, data, torch.tensor(0.3), 0.99, hidden_dtype)
     qf_loss.backward()
-    actor_loss, alpha_loss = sac.actor_alpha_loss(actor, qf, data[0], log_alpha, torch.tensor(0.3), -3.0, hidden_dtype)
+    actor_loss, alpha_loss = actor_alpha_loss(actor, qf, data[0], log_alpha, torch.tensor(0.3), -3.0, hidden_dtype)
     (actor_loss + alpha_loss).backward()
     params = list(qf.parameters()) + list(actor.parameters()) + [log_alpha]
     return [qf_loss.detach(), actor_loss.detach(), alpha_loss.detach()], [p.grad for p in params]
+
+
+def test_compiled_losses_draw_the_same_noise_and_match_eager():
+    """--compile is a speed option only: the compiled losses take their noise from torch's generator, as eager mode
+    does, so the same seed gives the same losses and gradients (to float rounding of the fused kernels)."""
+    eager_losses, eager_grads = losses_and_grads(torch.float32)
+    compiled_losses, compiled_grads = losses_and_grads(torch.float32, sac.compile_losses())
+    for a, b in zip(eager_losses + eager_grads, compiled_losses + compiled_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_hidden_layers_stay_close_to_float32():
