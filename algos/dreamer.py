@@ -63,7 +63,7 @@ class Args:
     exp_name: str = os.path.basename(os.path.realpath(__file__))[: -len(".py")]
     """the name of this experiment (default: the script's real file stem, also when started through a symlink)"""
     seed: int = 1
-    """seed of the experiment; rank r's env i is seeded `seed + r * num_envs + i`"""
+    """seed of the experiment; rank r's env i is first seeded `seed + r * num_envs + i` (a resume reseeds from the RNGs)"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
@@ -119,7 +119,7 @@ class Args:
     per_rank_sequence_length: int = 64
     """stored steps per training sequence (T)"""
     learning_starts: Steps = 1024
-    """global policy steps of uniformly random actions before training (at least sequence length x P)"""
+    """global policy steps of uniformly random actions before training (at least sequence length x P; whole iterations)"""
     replay_ratio: ExactRatio = Fraction(1, 8)
     """global gradient steps per global policy step once training starts (train_ratio = this x batch x length)"""
     per_rank_pretrain_steps: Steps = 0
@@ -297,7 +297,7 @@ def make_env(env_id: str, action_repeat: int, max_episode_steps: int | None, ima
     return thunk
 
 
-# --- SHARED: step counter ---
+# --- SHARED: ratio ---
 def planned_gradient_steps(replay_ratio: Fraction, num_envs: int, pretrain: int, k: int) -> int:
     """Per-rank gradient steps after `k` training iterations: floor(ratio * m * k), or p + floor(ratio * m * (k-1))
     with pretrain p > 0. Exact integer arithmetic; never float accumulation."""
@@ -328,6 +328,10 @@ class Ratio:
         self.training_iterations, self.gradient_steps = state["training_iterations"], state["gradient_steps"]
 
 
+# --- END SHARED ---
+
+
+# --- SHARED: step counter ---
 def step_plan(
     total_steps: int, num_envs: int, world_size: int, learning_starts: int, replay_ratio, pretrain: int, action_repeat: int
 ) -> dict:

@@ -61,7 +61,7 @@ class Args:
     exp_name: str = os.path.basename(os.path.realpath(__file__))[: -len(".py")]
     """the name of this experiment (the script's real file stem, also when started through the sac.py symlink)"""
     seed: int = 1
-    """seed of the experiment; rank r's env i is seeded `seed + r * num_envs + i`"""
+    """seed of the experiment; rank r's env i is first seeded `seed + r * num_envs + i` (a resume reseeds from the RNGs)"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
@@ -117,7 +117,7 @@ class Args:
     per_rank_batch_size: int = 256
     """samples per gradient step on one rank (global batch = world_size times this)"""
     learning_starts: Steps = 5_000
-    """global policy steps of uniformly random actions before training"""
+    """global policy steps of uniformly random actions before training (rounded up to whole iterations)"""
     replay_ratio: ExactRatio = Fraction(1)
     """global gradient steps per global policy step once training starts (exact: 0.5, 0.75, 1/3)"""
     per_rank_pretrain_steps: Steps = 0
@@ -125,7 +125,7 @@ class Args:
     policy_lr: float = 3e-4
     """the learning rate of the policy network optimizer"""
     q_lr: float = 1e-3
-    """the learning rate of the Q network optimizer"""
+    """the learning rate of the Q networks, and of the entropy temperature with --autotune (as CleanRL)"""
     policy_frequency: int = 2
     """gradient steps between policy updates; each one does this many actor updates (delayed, as TD3)"""
     target_network_frequency: int = 1
@@ -218,7 +218,7 @@ def make_env(env_id: str, action_repeat: int, max_episode_steps: int | None, ren
     return thunk
 
 
-# --- SHARED: step counter ---
+# --- SHARED: ratio ---
 def planned_gradient_steps(replay_ratio: Fraction, num_envs: int, pretrain: int, k: int) -> int:
     """Per-rank gradient steps after `k` training iterations: floor(ratio * m * k), or p + floor(ratio * m * (k-1))
     with pretrain p > 0. Exact integer arithmetic; never float accumulation."""
@@ -249,6 +249,10 @@ class Ratio:
         self.training_iterations, self.gradient_steps = state["training_iterations"], state["gradient_steps"]
 
 
+# --- END SHARED ---
+
+
+# --- SHARED: step counter ---
 def step_plan(
     total_steps: int, num_envs: int, world_size: int, learning_starts: int, replay_ratio, pretrain: int, action_repeat: int
 ) -> dict:

@@ -7,7 +7,7 @@ import pytest
 from conftest import ALGOS, ROOT
 
 BLOCK = re.compile(r"# --- SHARED: (.+?) ---\n(.*?)# --- END SHARED ---", re.DOTALL)
-REQUIRED = {"action repeat", "step counter"}
+REQUIRED = {"action repeat", "ratio", "step counter"}  # the three DESIGN.md names
 
 
 def blocks(path) -> dict[str, str]:
