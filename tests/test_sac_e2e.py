@@ -406,6 +406,19 @@ def test_resume_auto_refuses_torchruns_shared_run_id(workdir):
     assert not (workdir / "runs").exists()
 
 
+def test_sigint_to_the_main_process_alone_stops_its_env_workers_quietly(workdir):
+    """`kill -INT <pid>` reaches the script but not its --async-envs workers, which must not print pipe errors."""
+    args = FAST + ["--total-steps", "1e6", "--async-envs", "--num-envs", "2"]
+    proc = subprocess.Popen(command("sac.py", args), cwd=workdir, env=script_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    wait_for(lambda: list((workdir / "runs").glob("*/events.out*")), 60, proc)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)  # the main process only
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert "Traceback" not in err and err.count("warning: SIGINT: stopped;") == 1, err[-2000:]
+
+
 @pytest.mark.parametrize("checkpoint", [True, False])
 def test_sigterm_stops_with_the_resume_hint(workdir, checkpoint):
     args = FAST + ["--total-steps", "1e6", "--async-envs", "--num-envs", "2"] + (["--checkpoint-every", "200"] * checkpoint)

@@ -9,6 +9,7 @@ import importlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import platform
 import random
@@ -474,6 +475,7 @@ def interrupt_cleanly() -> None:
             hint = (f"continue from {found[-1]} with the same flags and `--run-name {name} --resume yes`" if found
                     else "no checkpoint was written yet, so it cannot resume (--checkpoint-every N writes them)")  # fmt: skip
             warn(f"{signal.Signals(signum).name}: stopped; {hint if RUN_DIR else 'before the run started'}")
+            [child.kill() for child in multiprocessing.active_children()]  # --async-envs workers: no pipe-error tracebacks
         os._exit(128 + signum)
 
     for signum in (signal.SIGINT,) if "TORCHELASTIC_RUN_ID" in os.environ else (signal.SIGINT, signal.SIGTERM):
