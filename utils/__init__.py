@@ -475,7 +475,8 @@ def interrupt_cleanly() -> None:
             hint = (f"continue from {found[-1]} with the same flags and `--run-name {name} --resume yes`" if found
                     else "no checkpoint was written yet, so it cannot resume (--checkpoint-every N writes them)")  # fmt: skip
             warn(f"{signal.Signals(signum).name}: stopped; {hint if RUN_DIR else 'before the run started'}")
-            [child.kill() for child in multiprocessing.active_children()]  # --async-envs workers: no pipe-error tracebacks
+            for child in multiprocessing.active_children():  # --async-envs workers: no pipe-error tracebacks when they
+                child.kill()  # find the pipe closed (a SIGINT sent to this process alone does not reach them)
         os._exit(128 + signum)
 
     for signum in (signal.SIGINT,) if "TORCHELASTIC_RUN_ID" in os.environ else (signal.SIGINT, signal.SIGTERM):
