@@ -25,6 +25,7 @@ from gymnasium.vector import AutoresetMode
 from tqdm import tqdm
 
 from steprl.utils import (
+    NO_RESUME,
     ExactRatio,
     Steps,
     all_gather,
@@ -954,6 +955,7 @@ def validate(args: Args) -> None:
     if args.checkpoint_every and not args.checkpoint_buffer:  # a torchrun restart (--resume auto) would exit 2 too
         warn("--no-checkpoint-buffer: checkpoints will hold the weights only, and training cannot resume from them (DreamerV3 "
              "cannot train on an empty replay); only the evaluation of a finished run can")  # fmt: skip
+        NO_RESUME.append("they hold no replay buffer: --no-checkpoint-buffer")
     check_run_dir(args.run_name, args.resume)
     if args.capture_video:
         try:

@@ -354,6 +354,24 @@ def test_resume_rejects_changed_settings_and_a_checkpoint_without_replay(workdir
     assert actual["episode_starts"] == actual["episodes"] + 2  # the first reset and the fresh reset of the resume
 
 
+def test_ctrl_c_with_checkpoints_without_replay_does_not_hint_a_resume(workdir):
+    """--no-checkpoint-buffer checkpoints cannot resume training: the stop line says so instead of 'continue from'."""
+    args = FAST + ["--env-id", "CartPole-v1", "--total-steps", "1e6", "--learning-starts", "16", "--checkpoint-every", "16",
+                   "--no-checkpoint-buffer", "--run-name", "nb"]  # fmt: skip
+    proc = subprocess.Popen(command("dreamer.py", args), cwd=workdir, env=script_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    ckpts = workdir / "runs" / "nb" / "checkpoints"
+    end = time.time() + 120
+    while not (ckpts.exists() and any(not p.name.endswith(".tmp") for p in ckpts.iterdir())):
+        assert time.time() < end and proc.poll() is None, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err[-2000:]
+    assert "warning: SIGINT: stopped; its checkpoints cannot resume training (they hold no replay buffer" in err, err[-2000:]
+    assert "continue from" not in err
+
+
 def test_pretrain_ledger_with_more_gradient_steps_than_one_sampling_chunk(workdir):
     args = FAST + ["--env-id", "CartPole-v1", "--num-envs", "2", "--total-steps", "64", "--learning-starts", "16",
                    "--replay-ratio", "1/8", "--per-rank-pretrain-steps", "20"]  # fmt: skip
