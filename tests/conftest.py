@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,15 @@ def run(script: str, args: list[str], cwd: Path, nproc: int = 1, timeout: float 
     return subprocess.run(
         command(script, args, nproc, **kw), cwd=cwd, env=env or script_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Poll `predicate` until it holds; fails on the timeout, or when `proc` ends first."""
+    end = time.time() + timeout
+    while not predicate():
+        assert time.time() < end, "timed out"
+        assert proc is None or proc.poll() is None, "process ended before the condition"
+        time.sleep(0.02)
 
 
 def ledger(cwd: Path, run_name: str | None = None) -> dict:

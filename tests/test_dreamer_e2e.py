@@ -7,12 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import command, ledger, run, scalars, script_env
+from conftest import command, ledger, run, scalars, script_env, wait_for
 
 FAST = ["--size", "tiny", "--per-rank-batch-size", "2", "--per-rank-sequence-length", "8", "--imag-horizon", "3",
         "--per-rank-buffer-size", "4000", "--no-cuda", "--eval-episodes", "0", "--log-every", "32"]  # fmt: skip
@@ -162,10 +161,7 @@ def test_kill_after_checkpoint_then_resume_gives_same_counters(workdir):
     proc = subprocess.Popen(command("dreamer.py", args + ["--run-name", "cut"]), cwd=workdir, env=script_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     ckpts = workdir / "runs" / "cut" / "checkpoints"
-    end = time.time() + 120
-    while not (ckpts.exists() and any(not p.name.endswith(".tmp") for p in ckpts.iterdir())):
-        assert time.time() < end and proc.poll() is None, "no checkpoint before the run ended"
-        time.sleep(0.02)
+    wait_for(lambda: ckpts.exists() and any(not p.name.endswith(".tmp") for p in ckpts.iterdir()), 120, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (workdir / "runs" / "cut" / "steps.json").exists(), "the run finished before it was killed"
@@ -361,10 +357,7 @@ def test_ctrl_c_with_checkpoints_without_replay_does_not_hint_a_resume(workdir):
     proc = subprocess.Popen(command("dreamer.py", args), cwd=workdir, env=script_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     ckpts = workdir / "runs" / "nb" / "checkpoints"
-    end = time.time() + 120
-    while not (ckpts.exists() and any(not p.name.endswith(".tmp") for p in ckpts.iterdir())):
-        assert time.time() < end and proc.poll() is None, "no checkpoint before the run ended"
-        time.sleep(0.05)
+    wait_for(lambda: ckpts.exists() and any(not p.name.endswith(".tmp") for p in ckpts.iterdir()), 120, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err[-2000:]

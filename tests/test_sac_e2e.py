@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import ALGOS, command, ledger, run, scalars, script_env
+from conftest import ALGOS, command, ledger, run, scalars, script_env, wait_for
 
 FAST = ["--env-id", "Pendulum-v1", "--per-rank-batch-size", "32", "--per-rank-buffer-size", "20000", "--no-cuda",
         "--eval-episodes", "0", "--log-every", "200"]  # fmt: skip
@@ -123,14 +123,6 @@ def counters(led: dict) -> dict:
     a = led["actual"]
     return {"plan": led["plan"], "policy_steps": a["policy_steps"], "env_steps": a["env_steps"],
             "per_rank": a["per_rank_gradient_steps"], "gradient_steps": a["gradient_steps"]}  # fmt: skip
-
-
-def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    end = time.time() + timeout
-    while not predicate():
-        assert time.time() < end, "timed out"
-        assert proc is None or proc.poll() is None, "process ended before the condition"
-        time.sleep(0.02)
 
 
 def test_kill_after_checkpoint_then_resume_gives_same_counters(workdir):
