@@ -46,6 +46,32 @@ def run(script: str, args: list[str], cwd: Path, nproc: int = 1, timeout: float 
     )
 
 
+def run_on_terminal(script: str, args: list[str], cwd: Path, timeout: float = 240) -> tuple[int, str]:
+    """Run a script with its stderr on a pseudo-terminal 160 columns wide (so its progress bar shows, as for a user at
+    a terminal); returns its exit code and what that terminal showed."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    proc = subprocess.Popen(command(script, args), cwd=cwd, env=script_env(), stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while chunk := _read_or_empty(master):  # empty once the script closed the terminal
+        shown += chunk
+    os.close(master)
+    return proc.wait(timeout=timeout), shown.decode(errors="replace")
+
+
+def _read_or_empty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # Linux reports a closed pseudo-terminal as EIO
+        return b""
+
+
 def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
     """Poll `predicate` until it holds; fails on the timeout, or when `proc` ends first."""
     end = time.time() + timeout

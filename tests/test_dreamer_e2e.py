@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import command, ledger, run, scalars, script_env, wait_for
+from conftest import command, ledger, run, run_on_terminal, scalars, script_env, wait_for
 
 FAST = ["--size", "tiny", "--per-rank-batch-size", "2", "--per-rank-sequence-length", "8", "--imag-horizon", "3",
         "--per-rank-buffer-size", "4000", "--no-cuda", "--eval-episodes", "0", "--log-every", "32"]  # fmt: skip
@@ -363,6 +363,14 @@ def test_ctrl_c_with_checkpoints_without_replay_does_not_hint_a_resume(workdir):
     assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err[-2000:]
     assert "warning: SIGINT: stopped; its checkpoints cannot resume training (they hold no replay buffer" in err, err[-2000:]
     assert "continue from" not in err
+
+
+def test_a_long_pretrain_shows_its_gradient_steps_on_the_progress_bar(workdir):
+    args = FAST + ["--env-id", "CartPole-v1", "--total-steps", "20", "--learning-starts", "16",
+                   "--per-rank-pretrain-steps", "20"]  # fmt: skip
+    code, shown = run_on_terminal("dreamer.py", args, workdir)
+    assert code == 0, shown[-2000:]
+    assert "16/20 gradient steps at policy step 17" in shown and "20/20 gradient steps at policy step 17" in shown, shown
 
 
 def test_pretrain_ledger_with_more_gradient_steps_than_one_sampling_chunk(workdir):

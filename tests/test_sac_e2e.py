@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import ALGOS, command, ledger, run, scalars, script_env, wait_for
+from conftest import ALGOS, command, ledger, run, run_on_terminal, scalars, script_env, wait_for
 
 FAST = ["--env-id", "Pendulum-v1", "--per-rank-batch-size", "32", "--per-rank-buffer-size", "20000", "--no-cuda",
         "--eval-episodes", "0", "--log-every", "200"]  # fmt: skip
@@ -732,3 +732,11 @@ def test_resume_after_the_env_changed_its_spaces_names_the_mismatch(workdir):
     assert grown.returncode == 2 and "Traceback" not in grown.stderr
     assert "size mismatch for fc1.weight: copying a param with shape torch.Size([256, 2]) from checkpoint" in grown.stderr
     assert "the script or env's spaces changed; start a new run" in grown.stderr
+
+
+def test_a_long_pretrain_shows_its_gradient_steps_on_the_progress_bar(workdir):
+    """A pretrain of many gradient steps runs inside one iteration: the bar (on a terminal) counts them, not freezes."""
+    args = FAST + ["--total-steps", "120", "--learning-starts", "100", "--per-rank-pretrain-steps", "150"]
+    code, shown = run_on_terminal("sac.py", args, workdir)
+    assert code == 0, shown[-2000:]
+    assert "64/150 gradient steps at policy step 101" in shown and "150/150 gradient steps at policy step 101" in shown, shown
