@@ -1354,7 +1354,7 @@ if __name__ == "__main__":
             for first in range(0, todo, 16):  # 16 batches at a time: a large pretrain count never fills memory at once
                 for data in rb.sample(min(16, todo - first), B, T):
                     metrics = update(data)
-                if todo > 16 and rank == 0:  # a long pretrain: show how far it is, not a frozen bar
+                if todo > 16 and ratio.training_iterations == 1 and rank == 0:  # a pretrain: its count, not a frozen bar
                     done_steps = f"{min(first + 16, todo)}/{todo} gradient steps at policy step {policy_step}"
                     progress.set_postfix_str(done_steps)
                     if progress.disable and time.time() - last_print > 30:
