@@ -119,6 +119,16 @@ def test_same_seed_same_losses_and_other_seed_differs(workdir):
     assert losses[3]["losses/qf1_loss"] != losses[0]["losses/qf1_loss"]  # and really changes the update's arithmetic
 
 
+def test_two_process_runs_repeat_too(workdir):
+    """Under torchrun (gloo on CPU) the same seed gives the same losses and weights as well."""
+    args = FAST + ["--total-steps", "400", "--learning-starts", "100", "--log-every", "50", "--num-envs", "2"]
+    for name in "ab":
+        ok(run("sac.py", args + ["--run-name", name], workdir, nproc=2))
+    a, b = scalars(workdir / "runs" / "a"), scalars(workdir / "runs" / "b")
+    assert len(a["losses/qf1_loss"]) == 6 and a == b
+    assert ledger(workdir, "a")["actual"]["param_checksums"] == ledger(workdir, "b")["actual"]["param_checksums"]
+
+
 def counters(led: dict) -> dict:
     a = led["actual"]
     return {"plan": led["plan"], "policy_steps": a["policy_steps"], "env_steps": a["env_steps"],
