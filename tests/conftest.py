@@ -48,9 +48,11 @@ def run(script: str, args: list[str], cwd: Path, nproc: int = 1, timeout: float 
 
 def run_on_terminal(script: str, args: list[str], cwd: Path, timeout: float = 240) -> tuple[int, str]:
     """Run a script with its stderr on a pseudo-terminal 160 columns wide (so its progress bar shows, as for a user at
-    a terminal); returns its exit code and what that terminal showed."""
+    a terminal); returns its exit code and what that terminal showed. A script still running after `timeout` s is
+    killed and the test fails."""
     import fcntl
     import pty
+    import select
     import struct
     import termios
 
@@ -58,18 +60,22 @@ def run_on_terminal(script: str, args: list[str], cwd: Path, timeout: float = 24
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     proc = subprocess.Popen(command(script, args), cwd=cwd, env=script_env(), stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
-    shown = b""
-    while chunk := _read_or_empty(master):  # empty once the script closed the terminal
-        shown += chunk
-    os.close(master)
-    return proc.wait(timeout=timeout), shown.decode(errors="replace")
-
-
-def _read_or_empty(fd: int) -> bytes:
+    shown, end = b"", time.time() + timeout
     try:
-        return os.read(fd, 4096)
-    except OSError:  # Linux reports a closed pseudo-terminal as EIO
-        return b""
+        while True:
+            if not select.select([master], [], [], max(0.0, end - time.time()))[0]:
+                proc.kill()
+                raise AssertionError(f"{script} still running after {timeout} s: " + shown.decode(errors="replace")[-2000:])
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # Linux reports a pseudo-terminal whose other side closed as EIO
+                chunk = b""
+            if not chunk:  # the script closed the terminal: it ended
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), shown.decode(errors="replace")
 
 
 def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
