@@ -1352,14 +1352,14 @@ if __name__ == "__main__":
             todo = ratio()
             train_start = time.time()
             for first in range(0, todo, 16):  # 16 batches at a time: a large pretrain count never fills memory at once
-                for data in rb.sample(min(16, todo - first), B, T):
+                for g, data in enumerate(rb.sample(min(16, todo - first), B, T), first + 1):
                     metrics = update(data)
-                if todo > 16 and ratio.training_iterations == 1 and rank == 0:  # a pretrain: its count, not a frozen bar
-                    done_steps = f"{min(first + 16, todo)}/{todo} gradient steps at policy step {policy_step}"
-                    progress.set_postfix_str(done_steps)
-                    if progress.disable and time.time() - last_print > 30:
-                        last_print = time.time()
-                        print(f"training: {done_steps}", flush=True)
+                    if ratio.pretrain and ratio.training_iterations == 1 and rank == 0:  # a pretrain: counted step by step
+                        done_steps = f"{g}/{todo} gradient steps at policy step {policy_step}"
+                        progress.set_postfix_str(done_steps)
+                        if progress.disable and time.time() - last_print > 30:
+                            last_print = time.time()
+                            print(f"training: {done_steps}", flush=True)
             train_seconds += time.time() - train_start
         progress.update(P)
 

@@ -762,7 +762,7 @@ if __name__ == "__main__":
                 for j, data in enumerate(rb.sample(min(64, todo - first), args.per_rank_batch_size), first):
                     g = ratio.gradient_steps - todo + j + 1  # this rank's gradient step number, 1-based
                     metrics = metrics | update(data, g % args.policy_frequency == 0, g % args.target_network_frequency == 0)
-                if todo > 64 and ratio.training_iterations == 1 and rank == 0:  # a pretrain: its count, not a frozen bar
+                if ratio.pretrain and ratio.training_iterations == 1 and rank == 0:  # a pretrain: its count, not a frozen bar
                     done_steps = f"{min(first + 64, todo)}/{todo} gradient steps at policy step {policy_step}"
                     progress.set_postfix_str(done_steps)
                     if progress.disable and time.time() - last_print > 30:

@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,7 +65,7 @@ def run_on_terminal(script: str, args: list[str], cwd: Path, timeout: float = 24
     try:
         while True:
             if not select.select([master], [], [], max(0.0, end - time.time()))[0]:
-                proc.kill()
+                proc.kill(), proc.wait()
                 raise AssertionError(f"{script} still running after {timeout} s: " + shown.decode(errors="replace")[-2000:])
             try:
                 chunk = os.read(master, 4096)
@@ -105,3 +106,36 @@ def scalars(run_dir: Path, prefix: str = "losses/") -> dict[str, list[tuple[int,
 @pytest.fixture
 def workdir(tmp_path):
     return tmp_path
+
+
+def _descendants() -> set[int]:
+    """Every live process below this one (scripts, torchrun and its workers, env workers), except multiprocessing's
+    own helpers (its resource tracker lives as long as pytest)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+        except (OSError, ValueError):
+            continue
+        if entry.isdigit() and b"multiprocessing" not in cmdline:
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, todo = set(), [os.getpid()]
+    while todo:
+        above = todo.pop()
+        kids = [pid for pid, ppid in parent.items() if ppid == above]
+        found.update(kids), todo.extend(kids)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """A test that fails while a script it started still runs (a 1e6-step run waiting for a signal) must not leave it
+    running through the rest of the suite on a 2-core machine: whatever it started is killed when it ends."""
+    before = _descendants()
+    yield
+    for pid in _descendants() - before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -370,7 +370,8 @@ def test_a_long_pretrain_shows_its_gradient_steps_on_the_progress_bar(workdir):
                    "--per-rank-pretrain-steps", "20"]  # fmt: skip
     code, shown = run_on_terminal("dreamer.py", args, workdir)
     assert code == 0, shown[-2000:]
-    assert "16/20 gradient steps at policy step 17" in shown and "20/20 gradient steps at policy step 17" in shown, shown
+    for done in range(1, 21):  # step by step: one Dreamer gradient step can take minutes
+        assert f"{done}/20 gradient steps at policy step 17" in shown, shown
 
 
 def test_pretrain_ledger_with_more_gradient_steps_than_one_sampling_chunk(workdir):

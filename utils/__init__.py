@@ -475,7 +475,7 @@ def interrupt_cleanly() -> None:
             name = os.path.basename(RUN_DIR[0]) if RUN_DIR else ""
             hint = (f"continue from {found[-1]} with the same flags and `--run-name {name} --resume yes`" if found
                     else "no checkpoint was written yet, so it cannot resume (--checkpoint-every N writes them)")  # fmt: skip
-            hint = f"its checkpoints cannot resume training ({NO_RESUME[0]})" if found and NO_RESUME else hint
+            hint = f"its checkpoints cannot resume training ({NO_RESUME[0]})" if NO_RESUME else hint
             warn(f"{signal.Signals(signum).name}: stopped; {hint if RUN_DIR else 'before the run started'}")
             for child in multiprocessing.active_children():  # --async-envs workers: no pipe-error tracebacks when they
                 child.kill()  # find the pipe closed (a SIGINT sent to this process alone does not reach them)
