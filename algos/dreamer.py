@@ -39,6 +39,7 @@ from steprl.utils import (
     check_tracking,
     close_tracking,
     config_dict,
+    env_seconds,
     exit_if_complete,
     fail,
     final_exit_code,
@@ -1003,6 +1004,7 @@ if __name__ == "__main__":
         args = tyro.cli(Args)  # under torchrun rank 0 alone prints a parse error
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))  # derived, not a flag
     validate(args)
+    print_every = env_seconds("STEPRL_PRINT_EVERY", 30)  # seconds between progress lines when stderr is not a terminal
 
     # TRY NOT TO MODIFY: processes, run directory, plan, tracking, seeding
     rank, local_rank, world_size, device = setup_distributed(args.cuda, args.torch_threads)
@@ -1357,7 +1359,7 @@ if __name__ == "__main__":
                     if ratio.pretrain and ratio.training_iterations == 1 and rank == 0:  # a pretrain: counted step by step
                         done_steps = f"{g}/{todo} gradient steps at policy step {policy_step}"
                         progress.set_postfix_str(done_steps)
-                        if progress.disable and time.time() - last_print > 30:
+                        if progress.disable and time.time() - last_print > print_every:
                             last_print = time.time()
                             print(f"training: {done_steps}", flush=True)
             train_seconds += time.time() - train_start
@@ -1382,7 +1384,7 @@ if __name__ == "__main__":
                 for k, v in metrics.items():
                     writer.add_scalar(f"losses/{k}", v.item(), policy_step)
                 progress.set_postfix(SPS=int(sps), ret=f"{last_return:.1f}", refresh=False)
-                if progress.disable and time.time() - last_print > 30:
+                if progress.disable and time.time() - last_print > print_every:
                     last_print = time.time()
                     print(f"policy_step={policy_step} SPS={int(sps)} episodic_return={last_return:.2f}", flush=True)
 

@@ -372,6 +372,8 @@ def test_a_long_pretrain_shows_its_gradient_steps_on_the_progress_bar(workdir):
     assert code == 0, shown[-2000:]
     for done in range(1, 21):  # step by step: one Dreamer gradient step can take minutes
         assert f"{done}/20 gradient steps at policy step 17" in shown, shown
+    logged = ok(run("dreamer.py", args, workdir, env=script_env() | {"STEPRL_PRINT_EVERY": "0.001"}))  # stderr not a tty
+    assert all(f"training: {done}/20 gradient steps at policy step 17\n" in logged.stdout for done in range(1, 21))
 
 
 def test_pretrain_ledger_with_more_gradient_steps_than_one_sampling_chunk(workdir):

@@ -145,7 +145,7 @@ def env_seconds(name: str, default: float) -> float:
         value = float(os.environ.get(name, default))
         assert 0 < value < math.inf
     except (ValueError, AssertionError):
-        fail(name, f"got {os.environ[name]!r}; give a positive number of seconds (default {default:g}; keep it above 10 s)")
+        fail(name, f"got {os.environ[name]!r}; give a positive number of seconds (default {default:g})")
     return value
 
 
