@@ -108,34 +108,34 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def _descendants() -> set[int]:
-    """Every live process below this one (scripts, torchrun and its workers, env workers), except multiprocessing's
-    own helpers (its resource tracker lives as long as pytest)."""
-    parent = {}
+def _descendants() -> dict[int, bytes]:
+    """Every live process below this one, with its command line."""
+    parent, cmdline = {}, {}
     for entry in os.listdir("/proc"):
         try:
             stat = open(f"/proc/{entry}/stat").read()
-            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
-        except (OSError, ValueError):
-            continue
-        if entry.isdigit() and b"multiprocessing" not in cmdline:
+            cmdline[int(entry)] = open(f"/proc/{entry}/cmdline", "rb").read()
             parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, todo = set(), [os.getpid()]
+        except (OSError, ValueError):  # not a process, or one that just ended
+            continue
+    found, todo = {}, [os.getpid()]
     while todo:
         above = todo.pop()
         kids = [pid for pid, ppid in parent.items() if ppid == above]
-        found.update(kids), todo.extend(kids)
+        found.update({pid: cmdline.get(pid, b"") for pid in kids}), todo.extend(kids)
     return found
 
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
     """A test that fails while a script it started still runs (a 1e6-step run waiting for a signal) must not leave it
-    running through the rest of the suite on a 2-core machine: whatever it started is killed when it ends."""
+    running through the rest of the suite on a 2-core machine: the scripts and torchruns it started, and their workers,
+    are killed when it ends (not other helpers of this process, such as torch.compile's worker pool)."""
     before = _descendants()
     yield
-    for pid in _descendants() - before:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    for pid, cmd in _descendants().items():
+        if pid not in before and (str(ALGOS).encode() in cmd or b"torch.distributed.run" in cmd):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
