@@ -174,6 +174,7 @@ STOCH, BLOCKS, BINS = 32, 8, 255
 
 
 RESUME_FLAGS = [  # a resumed run must keep these (step plan, buffers, networks, optimizer); --total-steps may grow
+    "exp_name",  # a copy of the script (another experiment) must not continue this one's run
     "env_id",
     "num_envs",
     "action_repeat",

@@ -138,6 +138,7 @@ class Args:
 
 
 RESUME_FLAGS = [  # a resumed run must keep these (they shape the step plan, the buffers or the update)
+    "exp_name",  # a copy of the script (another experiment) must not continue this one's run
     "env_id",
     "num_envs",
     "action_repeat",
@@ -365,12 +366,12 @@ class TwinQ(nn.Module):
         self, obs: torch.Tensor, actions: torch.Tensor, detach_params=False, hidden_dtype=torch.float32
     ) -> torch.Tensor:
         """Q-values of both critics, shape [2, B]. `detach_params` lets gradients reach only the actions.
-        `hidden_dtype=torch.bfloat16` (--bf16) multiplies the 256x256 layer in bfloat16; all else stays float32."""
+        `hidden_dtype=torch.bfloat16` (--bf16) multiplies the hidden x hidden layers in bfloat16; all else stays float32."""
         x = torch.cat([obs, actions], -1).expand(self.n, -1, -1)
         for j, (w, b) in enumerate(zip(self.weights, self.biases)):
             if detach_params:
                 w, b = w.detach(), b.detach()
-            if j == 1 and hidden_dtype != torch.float32:  # cast back before the ReLU: faster than a bf16 ReLU on CPU
+            if 0 < j < len(self.weights) - 1 and hidden_dtype != torch.float32:  # hidden x hidden; ReLU in float32 (faster)
                 x = F.relu(torch.baddbmm(*(t.to(hidden_dtype) for t in (b, x, w))).float())
             elif j < len(self.weights) - 1:
                 x = F.relu(torch.baddbmm(b, x, w))
@@ -444,7 +445,7 @@ def critic_loss(actor: Actor, qf: TwinQ, qf_target: TwinQ, data: tuple[torch.Ten
     qf_losses = (qf_values - next_q_value).pow(2).mean(1)
     qf_loss = qf_losses.sum()
     metrics = {"qf1_values": qf_values[0].mean(), "qf2_values": qf_values[1].mean(), "qf1_loss": qf_losses[0],
-               "qf2_loss": qf_losses[1], "qf_loss": qf_loss / 2.0}  # fmt: skip
+               "qf2_loss": qf_losses[1], "qf_loss": qf_losses.mean()}  # fmt: skip
     return qf_loss, {k: v.detach() for k, v in metrics.items()}
 
 

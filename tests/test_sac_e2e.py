@@ -495,6 +495,10 @@ def test_resume_rejects_changed_settings_and_a_passed_budget(workdir):
     assert precision.returncode == 2 and "--bf16 False (checkpoint) vs True (now)" in precision.stderr
     lr = run("sac.py", args + ["--total-steps", "400", "--resume", "yes", "--policy-lr", "1e-3"], workdir, timeout=60)
     assert lr.returncode == 2 and "--policy-lr 0.0003 (checkpoint) vs 0.001 (now)" in lr.stderr  # Adam's state keeps it
+    shutil.copy(ALGOS / "sac_continuous.py", workdir / "sac_myidea.py")  # a copy to try an idea: another experiment
+    cmd = [sys.executable, str(workdir / "sac_myidea.py"), *args, "--total-steps", "400", "--resume", "yes"]
+    copy = subprocess.run(cmd, cwd=workdir, env=script_env(), capture_output=True, text=True, timeout=60)
+    assert copy.returncode == 2 and "--exp-name sac_continuous (checkpoint) vs sac_myidea (now)" in copy.stderr
     passed = run("sac.py", args + ["--total-steps", "100", "--resume", "yes"], workdir, timeout=60)
     assert passed.returncode == 2 and "is past 100 policy steps" in passed.stderr
     assert (workdir / "runs" / "r" / "steps.json").read_text() == before
@@ -512,6 +516,10 @@ def test_resume_rejects_changed_settings_and_a_passed_budget(workdir):
     assert "resumed from" in longer.stdout
     check_ledger_equals_plan(ledger(workdir, "r"))
     assert ledger(workdir, "r")["actual"]["policy_steps"] == 400
+    unsaved = ok(run("sac.py", FAST + ["--learning-starts", "100", "--run-name", "r", "--total-steps", "600", "--resume",
+                                       "yes"], workdir))  # fmt: skip
+    warning = "--checkpoint-every: not given, so this resumed run writes no checkpoints (its run wrote one every 200"
+    assert warning in unsaved.stderr
 
 
 def test_failing_evaluation_keeps_the_ledger_and_exits_1(workdir):

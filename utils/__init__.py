@@ -492,6 +492,9 @@ def check_resume_args(saved: dict, args, flags: list[str]) -> None:
     diff = [f"--{k.replace('_', '-')} {saved.get(k)} (checkpoint) vs {now[k]} (now)" for k in flags if saved.get(k) != now[k]]
     if diff:
         fail("--resume", "the checkpoint's run used other settings: " + "; ".join(diff) + ". Resume with its flags")
+    if (every := saved.get("checkpoint_every")) and not now["checkpoint_every"]:  # 0: the default, or left out
+        warn(f"--checkpoint-every: not given, so this resumed run writes no checkpoints (its run wrote one every {every} "
+             f"policy steps); pass `--checkpoint-every {every}` to keep them")  # fmt: skip
 
 
 def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, world_size: int, keep: int, writer) -> str:
