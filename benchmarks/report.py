@@ -356,6 +356,13 @@ def main(argv: list[str] | None = None) -> dict:
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.key, []).append(run)
+    for (exp_name, env_id, world_size), members in sorted(groups.items()):  # a group is meant as one experiment's seeds
+        budgets = sorted({str(r.ledger["plan"]["policy_steps"] if r.ledger else r.config.get("total_steps")) for r in members})
+        seeds = sorted(r.seed for r in members)
+        if len(budgets) > 1 or len(set(seeds)) < len(seeds):
+            print(f"warning: {exp_name} on {env_id} ({world_size} process(es)) mixes runs of other budgets (policy steps "
+                  f"{', '.join(budgets)}) or repeats a seed (seeds {', '.join(seeds)}); its mean is not one experiment's: "
+                  "give --runs the output folder of one launch per experiment", file=sys.stderr)  # fmt: skip
     per_run = []
     for run in runs:
         s = speed(run, args.burn_in_steps)

@@ -119,6 +119,21 @@ def test_burn_in_steps_override(tmp_path):
     assert report.final_return(run, 0.05) == pytest.approx(1000.0)
 
 
+def test_a_group_that_mixes_experiments_is_warned_about(tmp_path, capsys):
+    """Runs of two launches in one folder (here seed 1 twice) would be averaged as one experiment's seeds."""
+    root = str(tmp_path / "bench")
+    write_run(os.path.join(root, "a"), "sac_continuous", "Pendulum-v1", 1, speed=20.0, return_scale=0.1, eval_return=1.0)
+    write_run(os.path.join(root, "b"), "sac_continuous", "Pendulum-v1", 2, speed=20.0, return_scale=0.1, eval_return=1.0)
+    report.main(["--runs", root, "--output", str(tmp_path / "one")])
+    assert "warning" not in capsys.readouterr().err
+    write_run(os.path.join(root, "c"), "sac_continuous", "Pendulum-v1", 1, speed=20.0, return_scale=0.1, eval_return=1.0)
+    report.main(["--runs", root, "--output", str(tmp_path / "two")])
+    assert (
+        "warning: sac_continuous on Pendulum-v1 (1 process(es)) mixes runs of other budgets (policy steps 1000) or "
+        "repeats a seed (seeds 1, 1, 2)" in capsys.readouterr().err
+    )
+
+
 def test_band_mean_and_std_across_seeds():
     a = np.array([[0, 0, 0.0], [10, 0, 10.0]])
     b = np.array([[0, 0, 2.0], [10, 0, 12.0], [20, 0, 22.0]])
