@@ -226,6 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     own, extra = split_argv(argv)
     args = tyro.cli(Args, args=own, description="Launch a script over env ids x seeds and report the results.")
+    for flag, own_flag in [("--env-id", "--env-ids"), ("--seed", "--seeds"), ("--run-name", "--out")]:
+        if any(a == flag or a.startswith(flag + "=") for a in extra):  # every run would get the same one
+            sys.exit(f"error: {flag} after `--`: the launcher sets it for each run; use run.py's {own_flag} instead")
     script = resolve_script(args.script)
     stem = script_stem(script)
     flags = []
@@ -253,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     tag, version = code_version(script)
     env = dict(os.environ, WANDB_TAGS=tag, OMP_NUM_THREADS=str(args.torch_threads), PYTHONUNBUFFERED="1")
     exp_name = extra[extra.index("--exp-name") + 1] if "--exp-name" in extra[:-1] else stem
+    exp_name = next((a.split("=", 1)[1] for a in extra if a.startswith("--exp-name=")), exp_name)
     stamp = int(time.time())
     jobs = []
     for env_id in args.env_ids:
@@ -300,6 +304,10 @@ def main(argv: list[str] | None = None) -> dict:
         record = {k: v for k, v in job.items() if k != "cmd"} | result
         status = "ok" if result["returncode"] == 0 else f"FAILED (exit {result['returncode']}, see {job['log']})"
         print(f"finish {job['run_name']}: {status}, {result['wall_time_s']:.0f} s, {result['peak_tree_rss_mb']:.0f} MB")
+        if result["returncode"]:  # the script's own reason, from the end of its log
+            with open(os.path.join(out, job["log"]), errors="replace") as f:
+                lines = [line.strip() for line in f if line.strip()]
+            print("       " + next((line for line in reversed(lines) if line.startswith("error")), lines[-1] if lines else ""))
         with lock:
             manifest["runs"].append(record)
             manifest["runs"].sort(key=lambda r: (r["env_id"], r["seed"]))
@@ -314,7 +322,9 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(manifest_path, manifest)
 
     failed = [r for r in records if r["returncode"] != 0]
-    if args.report:
+    if args.report and len(failed) == len(records):
+        print("no run succeeded: no report", file=sys.stderr)
+    elif args.report:
         report_dir = os.path.abspath(args.report_dir or os.path.join(out, "report"))
         cmd = [
             sys.executable,

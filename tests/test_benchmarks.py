@@ -185,6 +185,10 @@ def test_launcher_records_a_failed_run(tmp_path):
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["runs"][0]["returncode"] == 2
     assert "--env-id" in open(os.path.join(out, manifest["runs"][0]["log"])).read()
+    assert "       error: --env-id: unknown environment 'NoSuchEnv-v0'" in result.stdout  # the reason, not only in the log
+    for flag in ("--seed", "--run-name=mine"):  # the launcher's own per-run flags cannot go to the script
+        with pytest.raises(SystemExit, match=f"error: {flag.split('=')[0]} after `--`: the launcher sets it for each run"):
+            launcher.main(["--dry-run", "--env-ids", "Pendulum-v1", "--", flag, "3"])
 
 
 def test_quick_preset_end_to_end(tmp_path):
