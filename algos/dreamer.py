@@ -1068,7 +1068,6 @@ if __name__ == "__main__":
         print(f"  train ratio {float(args.replay_ratio * B * T):g} replayed steps per policy step (batch {B} x length {T})")
         print(f"run directory: {run_dir}; device: {device}; torch threads: {torch.get_num_threads()}", flush=True)
         resumed_step = checkpoint[0]["iteration"] * P if checkpoint else -1
-        writer = setup_tracking(args, run_name, run_dir, purge_step=resumed_step + 1)  # hides steps logged after it
     seed_everything(args.seed + rank, args.torch_deterministic)
 
     # env setup
@@ -1137,6 +1136,8 @@ if __name__ == "__main__":
         del checkpoint, shared, local
     else:
         obs, _ = envs.reset(seed=[args.seed + rank * m + i for i in range(m)])
+    if rank == 0:  # once the checkpoint fits: a failed resume leaves the run's event files and W&B run untouched
+        writer = setup_tracking(args, run_name, run_dir, purge_step=resumed_step + 1)  # hides steps logged after it
     check_env_output(args.env_id, list(obs.values()), start_iteration * P, rank, writer)
     if start_iteration < N:  # a resume of a finished run only evaluates: no episode starts that nothing steps from
         for i in range(m):

@@ -609,7 +609,6 @@ if __name__ == "__main__":
         print(format_plan(plan, args.replay_ratio, args.per_rank_pretrain_steps, args.action_repeat), flush=True)
         print(f"run directory: {run_dir}; device: {device}; torch threads: {torch.get_num_threads()}", flush=True)
         resumed_step = checkpoint[0]["iteration"] * P if checkpoint else -1
-        writer = setup_tracking(args, run_name, run_dir, purge_step=resumed_step + 1)  # hides steps logged after it
     seed_everything(args.seed + rank, args.torch_deterministic)
 
     # env setup
@@ -663,6 +662,8 @@ if __name__ == "__main__":
         del checkpoint, shared, local
     else:
         obs, _ = envs.reset(seed=[args.seed + rank * m + i for i in range(m)])
+    if rank == 0:  # once the checkpoint fits: a failed resume leaves the run's event files and W&B run untouched
+        writer = setup_tracking(args, run_name, run_dir, purge_step=resumed_step + 1)  # hides steps logged after it
     check_env_output(args.env_id, [obs], start_iteration * P, rank, writer)
     alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
     actor_params, qf_params, qf_target_params = list(actor.parameters()), list(qf.parameters()), list(qf_target.parameters())

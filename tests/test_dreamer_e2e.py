@@ -333,8 +333,10 @@ def test_resume_rejects_changed_settings_and_a_checkpoint_without_replay(workdir
     (ckpt,) = (workdir / "runs" / "r" / "checkpoints").iterdir()
     saved = torch.load(ckpt / "shared.pt", weights_only=True)
     torch.save(saved | {"agent": dict(list(saved["agent"].items())[1:])}, ckpt / "shared.pt")
+    logs = sorted((workdir / "runs" / "r").glob("events.out*"))
     stale = run("dreamer.py", args + ["--total-steps", "64", "--run-name", "r", "--resume", "yes"], workdir, timeout=60)
     assert stale.returncode == 2 and "Traceback" not in stale.stderr
+    assert sorted((workdir / "runs" / "r").glob("events.out*")) == logs  # no event file (its purge step hides steps)
     assert "--resume: the checkpoint's 'agent' does not fit (Error(s) in loading state_dict for Agent:" in stale.stderr
     assert "Missing key(s) in state_dict:" in stale.stderr  # the first mismatch, on the same line
     torch.save(saved, ckpt / "shared.pt")

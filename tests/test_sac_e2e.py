@@ -195,7 +195,7 @@ def test_torchrun_restart_with_resume_no_starts_a_new_run_directory(workdir):
     proc = subprocess.Popen(command("sac.py", args, nproc=2, torchrun_args=("--max-restarts=1",)), cwd=workdir,
                             env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     runs = workdir / "runs"
-    wait_for(lambda: runs.exists() and any(r.glob("events.out*") for r in runs.iterdir()), 120, proc)
+    wait_for(lambda: list(runs.glob("*/events.out*")), 120, proc)  # the first attempt has logged
     time.sleep(1)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     os.kill(int(workers[-1]), signal.SIGKILL)
@@ -745,9 +745,11 @@ def test_an_evaluation_longer_than_the_collective_timeout_lets_the_other_ranks_w
 def test_resume_after_the_env_changed_its_spaces_names_the_mismatch(workdir):
     args = FAST + ["--env-id", "steprl_testenvs:Resized-v0", "--learning-starts", "100", "--run-name", "r"]
     ok(run("sac.py", args + ["--total-steps", "200", "--checkpoint-every", "200"], workdir))
+    logs = sorted((workdir / "runs" / "r").glob("events.out*"))
     resized = script_env() | {"STEPRL_TEST_OBS_SIZE": "3"}  # the user's env module now returns 3 entries, not 2
     grown = run("sac.py", args + ["--total-steps", "400", "--resume", "yes"], workdir, env=resized, timeout=60)
     assert grown.returncode == 2 and "Traceback" not in grown.stderr
+    assert sorted((workdir / "runs" / "r").glob("events.out*")) == logs  # no event file (its purge step hides steps)
     assert "size mismatch for fc1.weight: copying a param with shape torch.Size([256, 2]) from checkpoint" in grown.stderr
     assert "the script or env's spaces changed; start a new run" in grown.stderr
 
