@@ -225,7 +225,13 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     own, extra = split_argv(argv)
-    args = tyro.cli(Args, args=own, description="Launch a script over env ids x seeds and report the results.")
+    try:
+        args = tyro.cli(Args, args=own, description="Launch a script over env ids x seeds and report the results.")
+    except SystemExit as e:  # most often a script flag given to the launcher
+        if e.code == 2 and "--" not in argv:
+            print("hint: flags for the script go after `--`: python benchmarks/run.py ... -- --learning-starts 1000",
+                  file=sys.stderr)  # fmt: skip
+        raise
     for flag, own_flag in [("--env-id", "--env-ids"), ("--seed", "--seeds"), ("--run-name", "--out")]:
         if any(a == flag or a.startswith(flag + "=") for a in extra):  # every run would get the same one
             sys.exit(f"error: {flag} after `--`: the launcher sets it for each run; use run.py's {own_flag} instead")

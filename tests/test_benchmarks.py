@@ -171,7 +171,7 @@ def test_an_uncommitted_copy_of_a_script_is_tagged_dirty(tmp_path, capsys):
     assert launcher.code_version(str(tmp_path / "copy.py"))[0].endswith("-dirty")  # what scaling.py tags its runs with
 
 
-def test_launcher_records_a_failed_run(tmp_path):
+def test_launcher_records_a_failed_run(tmp_path, capsys):
     out = str(tmp_path / "bad")
     result = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--env-ids", "NoSuchEnv-v0", "--seeds", "1", "--out", out, "--no-report"],
@@ -186,6 +186,9 @@ def test_launcher_records_a_failed_run(tmp_path):
     assert manifest["runs"][0]["returncode"] == 2
     assert "--env-id" in open(os.path.join(out, manifest["runs"][0]["log"])).read()
     assert "       error: --env-id: unknown environment 'NoSuchEnv-v0'" in result.stdout  # the reason, not only in the log
+    with pytest.raises(SystemExit):  # a script flag without `--`: tyro's box, then where such flags go
+        launcher.main(["--dry-run", "--learning-starts", "100"])
+    assert "hint: flags for the script go after `--`" in capsys.readouterr().err
     for flag in ("--seed", "--run-name=mine"):  # the launcher's own per-run flags cannot go to the script
         with pytest.raises(SystemExit, match=f"error: {flag.split('=')[0]} after `--`: the launcher sets it for each run"):
             launcher.main(["--dry-run", "--env-ids", "Pendulum-v1", "--", flag, "3"])
