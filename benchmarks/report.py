@@ -4,13 +4,14 @@
 #   returns.md/.csv      final return per (script, env): mean and std across seeds, next to the published references
 #   speed.md/.csv        policy steps/s after the burn-in, gradient steps/s, wall time, peak memory, ledger check
 #   runs.csv             the same numbers for every single run
-#   report.md            all of it with the hardware line and the commands that produced it
+#   report.md            all of it with the hardware line, the commands that produced it and the flags that differ
 # Event files are read with TensorBoard's EventAccumulator. Usage: benchmarks/README.md.
 #
 #   python benchmarks/report.py --runs runs/benchmarks/sac_continuous__1700000000 --output benchmarks/results/sac
 import csv
 import glob
 import json
+import logging
 import math
 import os
 import re
@@ -29,8 +30,8 @@ class Args:
     runs: tuple[str, ...] = ()
     """run directories, or folders to search for them (e.g. a launcher's `--out`, whose manifest.json adds wall time,
     peak memory and the command)"""
-    output: str = "benchmarks/results/report"
-    """where the tables and plots go"""
+    output: str | None = None
+    """where the tables and plots go (default: `<runs>/report` when --runs names one folder)"""
     window: float = 0.1
     """final return: mean of the `charts/episodic_return` values logged in this last fraction of the policy steps"""
     burn_in_steps: int | None = None
@@ -128,6 +129,11 @@ def load_manifests(run_dir: str) -> dict:
 
 def load_run(run_dir: str) -> Run:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tb_logging
+
+    # a resumed run's first event carries a purge step that drops what the killed attempt logged after its checkpoint,
+    # as intended; TensorBoard warns of each purge ("Detected out of order event.step ... Purging expired events")
+    tb_logging.get_logger().setLevel(logging.ERROR)
 
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
@@ -262,6 +268,20 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
 
 
+def settings_table(groups: dict[tuple, list[Run]]) -> str:
+    """The settings (the scripts' flags, as logged) whose values differ between the groups, or between one group's runs:
+    what a comparison compares. A group's cell lists each value its runs used; "-" where a run did not log it."""
+    names = {key: f"{key[0]} on {key[1]}" + (f" ({key[2]} processes)" if key[2] != 1 else "") for key in sorted(groups)}
+    ignored = {"seed", "run_name", "resume", "exp_name", "env_id"}  # per run by design, or in the group's name
+    keys = sorted({k for members in groups.values() for r in members for k in r.config} - ignored)
+    values = {g: {k: sorted({str(r.config.get(k, "-")) for r in groups[g]}) for k in keys} for g in names}
+    differ = [k for k in keys if len({tuple(values[g][k]) for g in names}) > 1 or any(len(values[g][k]) > 1 for g in names)]
+    rows = [[f"`{k}`"] + [", ".join(values[g][k]) for g in names] for k in differ]
+    if not rows:
+        return "Every run used the same settings, seeds aside.\n" if len(names) > 1 else ""
+    return markdown_table(["setting"] + list(names.values()), rows)
+
+
 def write_csv(path: str, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
@@ -349,6 +369,9 @@ def main(argv: list[str] | None = None) -> dict:
     run_dirs = find_run_dirs(args.runs)
     if not run_dirs:
         sys.exit(f"error: --runs: no TensorBoard event files under {', '.join(args.runs) or '(nothing given)'}")
+    if args.output is None and len(args.runs) > 1:
+        sys.exit(f"error: --output: give the report's folder; with {len(args.runs)} --runs folders there is no default")
+    args.output = args.output or os.path.join(args.runs[0], "report")
     runs = [load_run(d) for d in run_dirs]
     os.makedirs(args.output, exist_ok=True)
     refs = load_references(args.references)
@@ -528,7 +551,10 @@ def main(argv: list[str] | None = None) -> dict:
     for file, digest, modified in scripts:
         state = {True: "with uncommitted changes", False: "as committed", None: "git state unknown"}[modified]
         lines += [f"Script: `{file}` sha256 {digest}... ({state} at launch)", ""]
-    lines += [f"Hardware: {hardware_line(runs)}", "", "## Final returns", "", returns_md, "## Speed", "", speed_md]
+    lines += [f"Hardware: {hardware_line(runs)}", ""]
+    settings_md = settings_table(groups)
+    lines += ["## Settings that differ", "", settings_md] if settings_md else []
+    lines += ["## Final returns", "", returns_md, "## Speed", "", speed_md]
     lines += ["## Learning curves", "", "![returns vs policy steps](curves_steps.png)", ""]
     lines += ["![returns vs wall time](curves_walltime.png)", ""]
     with open(os.path.join(args.output, "report.md"), "w") as f:

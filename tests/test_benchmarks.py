@@ -24,7 +24,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def write_run(root, exp_name, env_id, seed, speed, return_scale, eval_return, ledger_ok=True):
+def write_run(root, exp_name, env_id, seed, speed, return_scale, eval_return, ledger_ok=True, **settings):
     """A fake run: logs every 100 policy steps to 1000; training (gradient steps) starts after step 300.
     Wall time: 100 steps/s in the random phase, then `speed` policy steps/s and 2*speed gradient steps/s."""
     from torch.utils.tensorboard import SummaryWriter
@@ -33,7 +33,8 @@ def write_run(root, exp_name, env_id, seed, speed, return_scale, eval_return, le
     run_dir = os.path.join(root, "runs", run_name)
     writer = SummaryWriter(run_dir)
     table = "\n".join(
-        f"|{k}|{v}|" for k, v in dict(exp_name=exp_name, seed=seed, env_id=env_id, torch_threads=1, world_size=1).items()
+        f"|{k}|{v}|"
+        for k, v in (dict(exp_name=exp_name, seed=seed, env_id=env_id, torch_threads=1, world_size=1) | settings).items()
     )
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}", walltime=1000.0)
     for step in range(100, 1001, 100):
@@ -132,6 +133,53 @@ def test_a_group_that_mixes_experiments_is_warned_about(tmp_path, capsys):
         "warning: sac_continuous on Pendulum-v1 (1 process(es)) mixes runs of other budgets (policy steps 1000) or "
         "repeats a seed (seeds 1, 1, 2)" in capsys.readouterr().err
     )
+
+
+def test_report_lists_the_settings_that_differ(tmp_path):
+    """A comparison's report says what it compares: the flags whose values differ between groups, or within one."""
+    root = str(tmp_path / "bench")
+    common = dict(speed=20.0, return_scale=0.1, eval_return=1.0, gamma=0.99)
+    write_run(root, "sac_continuous", "Pendulum-v1", 1, q_lr=0.001, tau=0.005, **common)
+    write_run(root, "sac_continuous", "Pendulum-v1", 2, q_lr=0.001, tau=0.005, **common)
+    write_run(root, "sac_myidea", "Pendulum-v1", 1, q_lr=0.0003, tau=0.005, **common)
+    write_run(root, "sac_myidea", "Pendulum-v1", 2, q_lr=0.0003, tau=0.01, **common)
+    report.main(["--runs", root])  # the default --output: <runs>/report
+    text = open(os.path.join(root, "report", "report.md")).read()
+    table = text.split("## Settings that differ")[1].split("##")[0]
+    assert "| setting | sac_continuous on Pendulum-v1 | sac_myidea on Pendulum-v1 |" in table
+    assert "| `q_lr` | 0.001 | 0.0003 |" in table and "| `tau` | 0.005 | 0.005, 0.01 |" in table
+    assert "gamma" not in table and "seed" not in table and "torch_threads" not in table
+
+    same = str(tmp_path / "same")
+    write_run(same, "sac_continuous", "Pendulum-v1", 1, q_lr=0.001, **common)
+    write_run(same, "sac_continuous", "Pendulum-v1", 2, q_lr=0.001, **common)
+    report.main(["--runs", same])
+    assert "## Settings that differ" not in open(os.path.join(same, "report", "report.md")).read()
+
+
+def test_report_output_defaults_to_the_runs_folder_and_needs_one_for_several(tmp_path, capsys):
+    write_run(str(tmp_path / "a"), "sac_continuous", "Pendulum-v1", 1, speed=20.0, return_scale=0.1, eval_return=1.0)
+    write_run(str(tmp_path / "b"), "sac_continuous", "Pendulum-v1", 2, speed=20.0, return_scale=0.1, eval_return=1.0)
+    with pytest.raises(SystemExit) as e:
+        report.main(["--runs", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert "--output: give the report's folder; with 2 --runs folders there is no default" in str(e.value)
+    report.main(["--runs", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "both")])
+    assert len(read_csv(os.path.join(tmp_path, "both", "runs.csv"))) == 2
+
+
+def test_report_is_quiet_about_the_purge_of_a_resumed_run(tmp_path, caplog):
+    """A resume reopens the event file with a purge step (the killed attempt's steps after its checkpoint are logged
+    again); TensorBoard's reader warns of each such purge, which the report does not pass on."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = os.path.join(tmp_path, "runs", write_run(str(tmp_path), "sac_continuous", "Pendulum-v1", 1, 20.0, 0.1, 1.0))
+    writer = SummaryWriter(run_dir, purge_step=500)
+    for step in range(500, 1001, 100):
+        writer.add_scalar("charts/episodic_return", -step, step)
+    writer.close()
+    run = report.load_run(run_dir)
+    assert "Purging" not in caplog.text
+    assert run.scalars["charts/episodic_return"][:, 2].tolist() == [10, 20, 30, 40, -500, -600, -700, -800, -900, -1000]
 
 
 def test_band_mean_and_std_across_seeds():
