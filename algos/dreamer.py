@@ -701,7 +701,8 @@ class Decoder(nn.Module):
         if self.img_keys:
             self.img_channels = [obs_space[k].shape[2] for k in self.img_keys]
             chans = image_stages(obs_space[self.img_keys[0]].shape[0], depth)
-            self.space = nn.Sequential(linear(feat_dim, 16 * chans[-1]), RMSNorm(16 * chans[-1]), nn.SiLU())
+            self.space = linear(feat_dim, 16 * chans[-1])  # -> 4 x 4 x C, normalised over the channels of each position
+            self.space_norm = RMSNorm(chans[-1])
             self.cnn = nn.Sequential(*[ConvStage(c0, c1, True) for c0, c1 in zip(chans[::-1][:-1], chans[::-1][1:])])
             self.out = nn.Conv2d(chans[0], sum(self.img_channels), 5, padding=2)
             init_(self.out.weight, chans[0] * 25)
@@ -715,7 +716,8 @@ class Decoder(nn.Module):
             out |= dict(zip(self.vec_keys, self.mlp(feat).split(self.vec_dims, -1)))
         if self.img_keys:
             lead = feat.shape[:-1]
-            x = self.space(feat.reshape(-1, feat.shape[-1])).reshape(-1, self.last_channels, 4, 4)
+            x = self.space(feat.reshape(-1, feat.shape[-1])).reshape(-1, 4, 4, self.last_channels)
+            x = F.silu(self.space_norm(x)).permute(0, 3, 1, 2)
             x = torch.sigmoid(self.out(F.interpolate(self.cnn(x), scale_factor=2.0, mode="nearest")))
             x = x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[-2:], x.shape[1])
             out |= dict(zip(self.img_keys, x.split(self.img_channels, -1)))

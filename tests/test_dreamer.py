@@ -242,6 +242,24 @@ def test_decoder_outputs_and_reconstruction_loss():
     assert D.recon_loss(torch.zeros(1, 1, 2, 2, 1), img).item() == pytest.approx(4.0)  # /255, summed over pixels
 
 
+def test_image_decoder_normalises_each_4x4_position_over_its_channels():
+    """As the reference's decoder (its norm acts on the last axis of the 4 x 4 x C map): scaling one position's
+    projection leaves the whole normalised map unchanged (RMSNorm is scale-free per position); a norm over the whole
+    map would change every position."""
+    dec = D.Decoder(img_space(16), feat_dim=8, units=8, depth=2)
+    c, seen = dec.last_channels, []
+    dec.cnn.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    with torch.no_grad():
+        dec.space.weight.zero_()
+        dec.space.bias.copy_(torch.linspace(-1, 1, 16 * c))
+        dec(torch.zeros(1, 8))
+        dec.space.bias[:c] *= 100  # position (0, 0): the first C outputs, channels last
+        dec(torch.zeros(1, 8))
+    assert seen[0].shape == (1, c, 4, 4) and dec.space_norm.scale.shape == (c,)
+    assert torch.allclose(seen[0], seen[1], atol=1e-5)
+    assert not torch.allclose(seen[0][0, :, 0, 1], seen[0][0, :, 0, 0])  # positions differ: the layout is 4 x 4 x C
+
+
 # ---------------------------------------------------------------- actor, optimiser, presets
 def test_actor_distributions():
     torch.manual_seed(0)
