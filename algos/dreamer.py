@@ -1388,9 +1388,10 @@ if __name__ == "__main__":
                 for k, v in metrics.items():
                     writer.add_scalar(f"losses/{k}", v.item(), policy_step)
                 progress.set_postfix(SPS=int(sps), ret=f"{last_return:.1f}", refresh=False)
-                if progress.disable and time.time() - last_print > print_every:
-                    last_print = time.time()
-                    print(f"policy_step={policy_step} SPS={int(sps)} episodic_return={last_return:.2f}", flush=True)
+        if rank == 0 and progress.disable and time.time() - last_print > print_every:  # stderr is a log: progress lines
+            last_print = time.time()
+            sps = (policy_step - start_step) / (last_print - start_time)
+            print(f"policy_step={policy_step} SPS={int(sps)} episodic_return={last_return:.2f}", flush=True)
 
         # ALGO LOGIC: real vs. imagined frames (rank 0, image observations)
         every = args.video_every

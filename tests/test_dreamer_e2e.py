@@ -374,8 +374,10 @@ def test_a_long_pretrain_shows_its_gradient_steps_on_the_progress_bar(workdir):
     assert code == 0, shown[-2000:]
     for done in range(1, 21):  # step by step: one Dreamer gradient step can take minutes
         assert f"{done}/20 gradient steps at policy step 17" in shown, shown
-    logged = ok(run("dreamer.py", args, workdir, env=script_env() | {"STEPRL_PRINT_EVERY": "0.001"}))  # stderr not a tty
+    logged = ok(run("dreamer.py", args, workdir, env=script_env() | {"STEPRL_PRINT_EVERY": "1e-6"}))  # stderr not a tty
     assert all(f"training: {done}/20 gradient steps at policy step 17\n" in logged.stdout for done in range(1, 21))
+    # the progress lines keep their interval between logs (--log-every 32 is more than the run)
+    assert all(logged.stdout.count(f"policy_step={step} SPS=") == 1 for step in range(1, 21)), logged.stdout
 
 
 def test_pretrain_ledger_with_more_gradient_steps_than_one_sampling_chunk(workdir):

@@ -755,13 +755,13 @@ def test_resume_after_the_env_changed_its_spaces_names_the_mismatch(workdir):
 
 
 def test_progress_lines_on_stdout_when_stderr_is_not_a_terminal(workdir):
-    """A log file gets a progress line every STEPRL_PRINT_EVERY seconds (30), from rank 0 alone, and a pretrain's count
-    (here every line is due: 1 ms)."""
+    """A log file gets a progress line every STEPRL_PRINT_EVERY seconds (30), from rank 0 alone, whether or not a log
+    (--log-every) falls in between, and a pretrain's count (here every line is due: 1 us)."""
     args = FAST + ["--total-steps", "240", "--learning-starts", "200", "--per-rank-pretrain-steps", "150"]
-    proc = ok(run("sac.py", args, workdir, nproc=2, env=script_env() | {"STEPRL_PRINT_EVERY": "0.001"}))
+    proc = ok(run("sac.py", args, workdir, nproc=2, env=script_env() | {"STEPRL_PRINT_EVERY": "1e-6"}))
     assert "training: 64/150 gradient steps at policy step 202" in proc.stdout
     assert proc.stdout.count("training: 150/150 gradient steps at policy step 202\n") == 1  # rank 0 only
-    assert proc.stdout.count("policy_step=240 SPS=") == 1
+    assert all(proc.stdout.count(f"policy_step={step} SPS=") == 1 for step in range(2, 241, 2)), proc.stdout  # log every 200
     bad = run("sac.py", FAST, workdir, env=script_env() | {"STEPRL_PRINT_EVERY": "-1"})
     assert bad.returncode == 2 and "error: STEPRL_PRINT_EVERY: got '-1'; give a positive number of seconds" in bad.stderr
 
