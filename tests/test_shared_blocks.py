@@ -1,7 +1,11 @@
 """Blocks inlined on purpose in every script (`# --- SHARED: <name> ---` ... `# --- END SHARED ---`) stay identical,
 and the shared module stays plumbing."""
 
+import ast
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from conftest import ALGOS, ROOT
@@ -144,3 +148,33 @@ def test_a_restart_without_run_name_never_starts_a_finished_run_over(tmp_path, m
     else:
         with pytest.raises(SystemExit, match="finished without a checkpoint to continue from"):
             utils.resolve_run_name(None, "Pendulum-v1__sac__1", str(tmp_path), 1, "auto")
+
+
+@pytest.mark.parametrize("last", ["fail", "env"])
+def test_each_error_or_warning_line_is_one_write(last):
+    """torchrun runs its workers unbuffered (python -u), where print's text and its newline are two writes: two ranks'
+    error lines ran together on one line. Each line is one write, newline included."""
+    code = textwrap.dedent(f"""
+        import os, sys, numpy as np
+        from steprl import utils
+        class Recorder:
+            def write(self, text):
+                os.write(1, (repr(text) + "\\n").encode())
+                return len(text)
+            def flush(self):
+                pass
+        sys.stderr = Recorder()
+        utils.warn("a warning")
+        if {last!r} == "fail":
+            utils.fail("--flag", "a bad value")
+        utils.check_env_output("E-v0", [np.array([np.nan])], 7, 1, None)
+    """)
+    proc = subprocess.run([sys.executable, "-u", "-c", code], capture_output=True, text=True, timeout=120)
+    writes = [w for w in map(ast.literal_eval, proc.stdout.splitlines()) if w]
+    assert writes[0] == "warning: a warning\n" and len(writes) == 2, proc.stdout + proc.stderr
+    if last == "fail":
+        assert proc.returncode == 2 and writes[1] == "error: --flag: a bad value\n"
+    else:
+        assert proc.returncode == 1 and writes[1].startswith("error: --env-id: E-v0 returned a non-finite observation")
+        assert writes[1].endswith("(rank 1) (NaN, inf, or beyond float32's range); fix the env, or wrap it to replace or "
+                                  "rescale such values\n")  # fmt: skip

@@ -68,20 +68,20 @@ def is_main_process() -> bool:
 
 def fail(flag: str, message: str) -> None:
     """Bad input: one clear line naming the flag and the fix, exit status 2, no traceback (every rank exits)."""
-    if is_main_process():
-        print(f"error: {flag}: {message}", file=sys.stderr, flush=True)
+    if is_main_process():  # "\n" in the text: one write per line (torchrun's workers run unbuffered, where print's end
+        print(f"error: {flag}: {message}\n", end="", file=sys.stderr, flush=True)  # is a 2nd write: ranks' lines ran together)
     else:  # most errors stop every rank alike: rank 0 prints, and torchrun stops this rank while it waits. One that lives
         # on meets an error of its own or its node's (a missing module): a node's first rank says so after 5 s, and
         # (if that one did not fail alike and stop the node) any other after 10 s
         time.sleep(5 if os.environ.get("LOCAL_RANK", "0") == "0" else 10)
-        print(f"error (rank {os.environ['RANK']}): {flag}: {message}", file=sys.stderr, flush=True)
+        print(f"error (rank {os.environ['RANK']}): {flag}: {message}\n", end="", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(2)
 
 
 def warn(message: str) -> None:
     if is_main_process():
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        print(f"warning: {message}\n", end="", file=sys.stderr, flush=True)
 
 
 def check_env_id(env_id: str) -> tuple:
@@ -172,8 +172,8 @@ def setup_distributed(cuda: bool, threads: int) -> tuple[int, int, int, torch.de
                                   rank == 0 and not agent_store, join)  # fmt: skip
             store = join_attempt(store, rank, world_size, time.monotonic() + join.total_seconds())
         except Exception as e:
-            print(f"error (rank {rank}): not all {world_size} processes joined within {join.total_seconds():.0f} s; one "
-                  f"failed before joining, see its output ({type(e).__name__})", file=sys.stderr, flush=True)  # fmt: skip
+            why = f"not all {world_size} processes joined within {join.total_seconds():.0f} s; one failed before joining"
+            print(f"error (rank {rank}): {why}, see its output ({type(e).__name__})\n", end="", file=sys.stderr, flush=True)
             os._exit(1)
         store.set_timeout(timeout)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
@@ -221,7 +221,7 @@ def lost_peer(kind, value, tb) -> None:
     if isinstance(value, RuntimeError) and any(s in str(value) for s in ("reset by peer", "closed by peer", "Broken pipe")):
         why = re.sub(r"^\[[^\]]*\] ", "", str(value)).split(". ")[0]  # drop gloo's source location and its advice
         print(f"error (rank {os.environ.get('RANK', 0)}): another process of this job stopped ({why}); its output says "
-              "why", file=sys.stderr, flush=True)  # fmt: skip
+              "why\n", end="", file=sys.stderr, flush=True)  # fmt: skip
         os._exit(1)
     TORCH_HOOK[0](kind, value, tb)
 
@@ -457,7 +457,7 @@ def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int, wri
                "in the losses" if diverged else  # fmt: skip
                f"--env-id: {env_id} returned a non-finite observation or reward {where} (NaN, inf, or beyond float32's "
                "range); fix the env, or wrap it to replace or rescale such values")  # fmt: skip
-        print(f"error: {why}", file=sys.stderr, flush=True)
+        print(f"error: {why}\n", end="", file=sys.stderr, flush=True)
         if writer is not None:
             writer.close()
         os._exit(1)
@@ -518,7 +518,7 @@ def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, 
             shutil.rmtree(tmp, ignore_errors=True)
         free = shutil.disk_usage(root).free / 2**20
         print(f"error: rank {rank} cannot write {tmp} ({str(e).splitlines()[0]}; {free:.0f} MiB free there); earlier "
-              "checkpoints are intact", file=sys.stderr, flush=True)  # fmt: skip
+              "checkpoints are intact\n", end="", file=sys.stderr, flush=True)  # fmt: skip
         if writer is not None:
             writer.close()
         os._exit(1)
