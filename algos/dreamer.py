@@ -288,7 +288,8 @@ class DictObs(gym.ObservationWrapper):
                 cols = np.arange(self.size) * x.shape[1] // self.size
                 out[k] = np.ascontiguousarray(x[rows][:, cols])
             else:
-                out[k] = gym.spaces.flatten(s, obs[k]).astype(np.float32)
+                with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: the script's check names the env
+                    out[k] = gym.spaces.flatten(s, obs[k]).astype(np.float32)
         return out
 
 

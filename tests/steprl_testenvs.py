@@ -93,13 +93,16 @@ gym.register("Endless-v0", entry_point=EndlessEnv)
 
 class NanAtEnv(CountdownEnv):
     """Countdown whose observations turn NaN at its 60th env step (a simulator that blew up). `where="final"`: episodes
-    end at step 60 and only that last observation is NaN; `where="reset"`: only the observation of a reset is NaN."""
+    end at step 60 and only that last observation is NaN; `where="reset"`: only the observation of a reset is NaN;
+    `where="huge"`: from the 60th step the observations are float64 beyond float32's range (finite, inf once cast)."""
 
     def __init__(self, where: str = "step", render_mode: str | None = None):
         super().__init__(terminate_at=60 if where == "final" else 129, render_mode=render_mode)
         self.where = where
 
     def _obs(self):
+        if self.where == "huge":
+            return super()._obs().astype(np.float64) * (1e300 if self.t >= 60 else 1.0)
         bad = {"step": self.t >= 60, "final": self.t == 60, "reset": self.t == 0}[self.where]
         return super()._obs() * (np.nan if bad else 1.0)
 
@@ -153,6 +156,7 @@ gym.register("ListObs-v0", entry_point=OffApiEnv, kwargs={"bug": "list_obs"})
 gym.register("OwnStats-v0", entry_point=lambda **kw: gym.wrappers.RecordEpisodeStatistics(CountdownEnv(**kw)))
 gym.register("NanFinal-v0", entry_point=NanAtEnv, kwargs={"where": "final"})
 gym.register("NanReset-v0", entry_point=NanAtEnv, kwargs={"where": "reset"})
+gym.register("HugeObs-v0", entry_point=NanAtEnv, kwargs={"where": "huge"})
 
 
 class RewardKeyEnv(CountdownEnv):

@@ -273,11 +273,13 @@ def test_existing_run_name_is_not_overwritten(workdir):
     assert (workdir / "runs" / "taken" / "steps.json").read_text() == "{}"
 
 
-@pytest.mark.parametrize("env_id,step", [("NanAt-v0", 60), ("NanFinal-v0", 60), ("NanReset-v0", 0), ("HugeReward-v0", 60)])
-def test_nan_from_the_env_stops_with_one_line(workdir, env_id, step):  # a step, an episode's end, a reset, a huge reward
+@pytest.mark.parametrize(
+    "env_id,step", [("NanAt-v0", 60), ("NanFinal-v0", 60), ("NanReset-v0", 0), ("HugeReward-v0", 60), ("HugeObs-v0", 60)]
+)
+def test_nan_from_the_env_stops_with_one_line(workdir, env_id, step):  # a step, an episode's end, a reset, huge values
     args = FAST + ["--env-id", f"steprl_testenvs:{env_id}", "--total-steps", "200", "--learning-starts", "16"]
     proc = run("dreamer.py", args, workdir, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "RuntimeWarning" not in proc.stderr, proc.stderr
     message = f"error: --env-id: steprl_testenvs:{env_id} returned a non-finite observation or reward at policy step {step} "
     assert message in proc.stderr
 
