@@ -1141,7 +1141,7 @@ if __name__ == "__main__":
         obs, _ = envs.reset(seed=[args.seed + rank * m + i for i in range(m)])
     if rank == 0:  # once the checkpoint fits: a failed resume leaves the run's event files and W&B run untouched
         writer = setup_tracking(args, run_name, run_dir, purge_step=resumed_step + 1)  # hides steps logged after it
-    check_env_output(args.env_id, list(obs.values()), start_iteration * P, rank, writer)
+    check_env_output(args.env_id, list(obs.values()), start_iteration * P, rank)
     if start_iteration < N:  # a resume of a finished run only evaluates: no episode starts that nothing steps from
         for i in range(m):
             add_reset_obs(i, obs)
@@ -1303,7 +1303,7 @@ if __name__ == "__main__":
             "buffer": rb.state_dict() if args.checkpoint_buffer else None,
             "stored": rb.added,
         }
-        path = save_checkpoint(ckpt_dir, iteration * P, shared, local, rank, world_size, args.keep_checkpoints, writer)
+        path = save_checkpoint(ckpt_dir, iteration * P, shared, local, rank, world_size, args.keep_checkpoints)
         if rank == 0:
             print(f"checkpoint: {path}", flush=True)
 
@@ -1328,7 +1328,7 @@ if __name__ == "__main__":
                 is_first[:] = True  # the filter starts here: from the zero state, as at an episode start
             action, deter, stoch = policy(obs, deter, stoch, prev_action, is_first)
             actions = action.cpu().numpy() if discrete else np.clip(action.cpu().numpy(), -1, 1)
-            check_env_output(args.env_id, [], policy_step, rank, writer, actions)  # diverged: stop before the env sees it
+            check_env_output(args.env_id, [], policy_step, rank, actions)  # diverged: stop before the env sees it
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(to_env_action(actions))
@@ -1342,7 +1342,7 @@ if __name__ == "__main__":
         # TRY NOT TO MODIFY: store one step per policy step; with same-step autoreset an ended episode's last obs is
         # in `final_obs` and the returned obs starts the next episode (stored as an extra is_first step)
         finals = [v for i in np.flatnonzero(done) for v in infos["final_obs"][i].values()]
-        check_env_output(args.env_id, [rewards, *next_obs.values(), *finals], policy_step, rank, writer)
+        check_env_output(args.env_id, [rewards, *next_obs.values(), *finals], policy_step, rank)
         for i in range(m):
             final = infos["final_obs"][i] if done[i] else {k: v[i] for k, v in next_obs.items()}
             rb.add(i, final | {"action": actions[i], "reward": rewards[i], "is_last": done[i], "is_terminal": terminations[i]})

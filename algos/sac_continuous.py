@@ -664,7 +664,7 @@ if __name__ == "__main__":
         obs, _ = envs.reset(seed=[args.seed + rank * m + i for i in range(m)])
     if rank == 0:  # once the checkpoint fits: a failed resume leaves the run's event files and W&B run untouched
         writer = setup_tracking(args, run_name, run_dir, purge_step=resumed_step + 1)  # hides steps logged after it
-    check_env_output(args.env_id, [obs], start_iteration * P, rank, writer)
+    check_env_output(args.env_id, [obs], start_iteration * P, rank)
     alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
     actor_params, qf_params, qf_target_params = list(actor.parameters()), list(qf.parameters()), list(qf_target.parameters())
     if args.compile:
@@ -720,7 +720,7 @@ if __name__ == "__main__":
             "action_rng": action_rng.bit_generator.state,
             "buffer": rb.state_dict() if args.checkpoint_buffer else None,
         }
-        path = save_checkpoint(ckpt_dir, iteration * P, shared, local, rank, world_size, args.keep_checkpoints, writer)
+        path = save_checkpoint(ckpt_dir, iteration * P, shared, local, rank, world_size, args.keep_checkpoints)
         if rank == 0:
             print(f"checkpoint: {path}", flush=True)
 
@@ -738,7 +738,7 @@ if __name__ == "__main__":
             actions = action_rng.uniform(low, high, (m, act_dim)).astype(np.float32)
         else:
             actions = actor.act(obs)
-            check_env_output(args.env_id, [], policy_step, rank, writer, actions)  # diverged: stop before the env sees it
+            check_env_output(args.env_id, [], policy_step, rank, actions)  # diverged: stop before the env sees it
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
@@ -753,7 +753,7 @@ if __name__ == "__main__":
         real_next_obs = next_obs.copy()
         if done.any():
             real_next_obs[done] = np.stack(infos["final_obs"][done])
-        check_env_output(args.env_id, [next_obs, real_next_obs, rewards], policy_step, rank, writer)
+        check_env_output(args.env_id, [next_obs, real_next_obs, rewards], policy_step, rank)
         rb.add(obs, real_next_obs, actions, rewards, terminations)
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook

@@ -251,6 +251,29 @@ def test_track_offline_writes_a_wandb_run(workdir):
     assert len(list((workdir / "runs" / "w").rglob("events.out.tfevents*"))) == 1
 
 
+@pytest.mark.parametrize("stop", ["nan", "sigint"])
+def test_a_run_that_stops_early_keeps_what_it_logged_in_tensorboard_and_wandb(workdir, stop):
+    """An env's NaN (exit 1) or a Ctrl-C (exit 130) closes tracking first: the event file holds every log before the
+    stop, and the offline W&B run keeps its history with the x-axis in global steps (without `wandb.finish`, offline,
+    it kept none of it)."""
+    env = script_env() | {"WANDB_MODE": "offline"}
+    args = FAST + ["--log-every", "20", "--track", "--run-name", "t", "--learning-starts", "10"]
+    args += ["--env-id", "steprl_testenvs:NanAt-v0", "--total-steps", "400"] if stop == "nan" else ["--total-steps", "1e6"]
+    proc = subprocess.Popen(command("sac.py", args), cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    if stop == "sigint":
+        wait_for(lambda: list((workdir / "runs").glob("t/events.out*")), 60, proc)
+        time.sleep(3)  # a few logs of 20 steps
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == {"nan": 1, "sigint": 128 + signal.SIGINT}[stop] and "Traceback" not in err, err[-2000:]
+    steps = [s for s, _ in scalars(workdir / "runs" / "t", "charts/")["charts/env_steps"]]
+    assert steps == list(range(20, steps[-1] + 1, 20)) and steps[-1] >= (40 if stop == "nan" else 60)
+    (history,) = (workdir / "runs" / "t" / "wandb").glob("offline-run-*/run-*.wandb")
+    data = history.read_bytes()
+    assert b"charts/env_steps" in data and data.count(b"global_step") >= len(steps), len(data)
+
+
 def test_track_resume_continues_the_wandb_run_and_nothing_else_joins_it(workdir):
     env = script_env() | {"WANDB_MODE": "offline"}
     args = FAST + ["--learning-starts", "100", "--track", "--checkpoint-every", "200"]

@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from datetime import timedelta
@@ -222,7 +223,9 @@ def lost_peer(kind, value, tb) -> None:
         why = re.sub(r"^\[[^\]]*\] ", "", str(value)).split(". ")[0]  # drop gloo's source location and its advice
         print(f"error (rank {os.environ.get('RANK', 0)}): another process of this job stopped ({why}); its output says "
               "why\n", end="", file=sys.stderr, flush=True)  # fmt: skip
+        stop_tracking(1)
         os._exit(1)
+    stop_tracking(1)
     TORCH_HOOK[0](kind, value, tb)
 
 
@@ -372,18 +375,33 @@ def setup_tracking(args, run_name: str, run_dir: str, purge_step: int):
             dir=run_dir,
             save_code=True,
         )
+        wandb.define_metric("*", step_metric="global_step")  # W&B's x-axis: global policy steps, as TensorBoard's
     writer = SummaryWriter(run_dir, purge_step=purge_step)
+    TRACKING[:] = [writer, args.track]
     table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
     return writer
 
 
-def close_tracking(writer, track: bool) -> None:
+TRACKING: list = []  # rank 0's open (writer, track): a run that stops early closes them, so nothing logged is lost
+
+
+def close_tracking(writer, track: bool, exit_code: int = 0) -> None:
+    TRACKING.clear()
     writer.close()  # flushes
     if track:
         import wandb
 
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)  # offline, a run that skips it keeps none of its W&B data
+
+
+def stop_tracking(code: int) -> None:
+    """Before an early exit: close what is open, in a thread given 10 s (a signal may come while the main thread holds
+    the writer's lock)."""
+    if TRACKING:
+        closing = threading.Thread(target=close_tracking, args=(*TRACKING, code), daemon=True)
+        closing.start()
+        closing.join(10)
 
 
 def check_tracking(track: bool) -> None:
@@ -445,10 +463,10 @@ def check_replay_fits(capacity: int, step_bytes: int, cuda: bool = False) -> Non
              f"use at most {fits}")  # fmt: skip
 
 
-def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int, writer, actions=None) -> None:
+def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int, actions=None) -> None:
     """Exit 1 at the first NaN or inf an env returns (an observation or a reward), or a value float32 cannot hold: it
     would silently poison the networks. Non-finite `actions` (the agent's, checked before the env gets them) are blamed
-    instead: training diverged. `writer` (rank 0's, else None) is closed first, so no logged scalar is lost."""
+    instead: training diverged. Tracking is closed first, so no logged scalar is lost."""
     diverged = actions is not None and not np.isfinite(actions).all()
     fits = lambda a: np.asarray(a).dtype.kind != "f" or bool((np.abs(a) <= np.finfo(np.float32).max).all())  # noqa: E731
     if diverged or not all(fits(a) for a in arrays):
@@ -458,8 +476,7 @@ def check_env_output(env_id: str, arrays: list, policy_step: int, rank: int, wri
                f"--env-id: {env_id} returned a non-finite observation or reward {where} (NaN, inf, or beyond float32's "
                "range); fix the env, or wrap it to replace or rescale such values")  # fmt: skip
         print(f"error: {why}\n", end="", file=sys.stderr, flush=True)
-        if writer is not None:
-            writer.close()
+        stop_tracking(1)
         os._exit(1)
 
 
@@ -479,6 +496,7 @@ def interrupt_cleanly() -> None:
             warn(f"{signal.Signals(signum).name}: stopped; {hint if RUN_DIR else 'before the run started'}")
             for child in multiprocessing.active_children():  # --async-envs workers: no pipe-error tracebacks when they
                 child.kill()  # find the pipe closed (a SIGINT sent to this process alone does not reach them)
+            stop_tracking(128 + signum)
         os._exit(128 + signum)
 
     for signum in (signal.SIGINT,) if "TORCHELASTIC_RUN_ID" in os.environ else (signal.SIGINT, signal.SIGTERM):
@@ -497,10 +515,10 @@ def check_resume_args(saved: dict, args, flags: list[str]) -> None:
              f"policy steps); pass `--checkpoint-every {every}` to keep them")  # fmt: skip
 
 
-def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, world_size: int, keep: int, writer) -> str:
+def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, world_size: int, keep: int) -> str:
     """Write `root/step_<step>/` atomically: rank 0 writes `shared.pt`, every rank its `rank<r>.pt`, all into a
     temporary directory that rank 0 renames once every rank is done. Keeps the newest `keep` checkpoints. A failed write
-    (a full disk) exits 1 with one line, after closing `writer` (rank 0's, else None) if this rank is the one failing."""
+    (a full disk) exits 1 with one line, after closing tracking if this rank is the one failing."""
     final = os.path.join(root, f"step_{step:012d}")
     tmp = final + ".tmp"
     files = {f"rank{rank}.pt": local} | ({"shared.pt": shared} if rank == 0 else {})
@@ -519,8 +537,7 @@ def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, 
         free = shutil.disk_usage(root).free / 2**20
         print(f"error: rank {rank} cannot write {tmp} ({str(e).splitlines()[0]}; {free:.0f} MiB free there); earlier "
               "checkpoints are intact\n", end="", file=sys.stderr, flush=True)  # fmt: skip
-        if writer is not None:
-            writer.close()
+        stop_tracking(1)
         os._exit(1)
     if world_size > 1:  # every rank's file is written
         dist.barrier()
