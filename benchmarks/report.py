@@ -60,6 +60,7 @@ class Run:
     scalars: dict  # tag -> array [k, 3] of (step, wall_time, value), sorted by step
     ledger: dict | None = None
     launch: dict = field(default_factory=dict)  # this run's manifest entry (wall time, peak memory, command)
+    attempts: dict = field(default_factory=dict)  # a resumed run's event wall time -> its attempt (one event file each)
 
     @property
     def exp_name(self) -> str:
@@ -145,13 +146,19 @@ def load_run(run_dir: str) -> Run:
         scalars[tag] = arr[np.argsort(arr[:, 0], kind="stable")]
     config = config_from_name(os.path.basename(os.path.normpath(run_dir)))
     text_tags = [t for t in tags.get("tensors", []) if t.startswith("hyperparameters")]
-    if text_tags:
-        config |= parse_config(acc.Tensors(text_tags[0])[0].tensor_proto.string_val[0].decode())
+    if text_tags:  # the last attempt's: a resume logs its config anew (--total-steps may have grown)
+        config |= parse_config(acc.Tensors(text_tags[0])[-1].tensor_proto.string_val[0].decode())
+    attempts = {}
+    files = sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents*")))
+    for i, path in enumerate(files if len(files) > 1 else []):  # a resumed run: which attempt logged each point
+        one = EventAccumulator(path, size_guidance={"scalars": 0})
+        one.Reload()
+        attempts |= {e.wall_time: i for tag in one.Tags()["scalars"] for e in one.Scalars(tag)}
     ledger = None
     if os.path.exists(os.path.join(run_dir, "steps.json")):
         with open(os.path.join(run_dir, "steps.json")) as f:
             ledger = json.load(f)
-    return Run(run_dir, config, scalars, ledger, load_manifests(run_dir))
+    return Run(run_dir, config, scalars, ledger, load_manifests(run_dir), attempts)
 
 
 # ---------------------------------------------------------------- per-run numbers
@@ -181,7 +188,8 @@ def eval_return(run: Run) -> float:
 
 def speed(run: Run, burn_in_steps: int | None = None) -> dict:
     """Global policy steps/s and gradient steps/s between the first log after the burn-in and the last log, from the
-    event wall times of `charts/SPS` and `charts/gradient_steps`."""
+    event wall times of `charts/SPS` and `charts/gradient_steps`. A resumed run counts the spans between logs of one
+    attempt only: the time between attempts (down time, the restart) is not training."""
     sps, grad = run.scalars.get(SPS_TAG), run.scalars.get(GRAD_TAG)
     out = {"policy_sps": float("nan"), "gradient_sps": float("nan"), "burn_in_step": float("nan")}
     if sps is None or len(sps) < 2:
@@ -195,19 +203,25 @@ def speed(run: Run, burn_in_steps: int | None = None) -> dict:
     if start_step is None:
         return out
     window = sps[sps[:, 0] >= start_step]
-    if len(window) < 2 or window[-1, 1] <= window[0, 1]:
+    spans = [(a, b) for a, b in zip(window[:-1], window[1:]) if run.attempts.get(a[1]) == run.attempts.get(b[1])]
+    seconds = sum(b[1] - a[1] for a, b in spans)
+    if seconds <= 0:
         return out
-    seconds = window[-1, 1] - window[0, 1]
     out["burn_in_step"] = float(start_step)
-    out["policy_sps"] = float((window[-1, 0] - window[0, 0]) / seconds)
+    out["policy_sps"] = float(sum(b[0] - a[0] for a, b in spans) / seconds)
     if grad is not None:
         g = {s: v for s, _, v in grad}
-        if window[0, 0] in g and window[-1, 0] in g:
-            out["gradient_sps"] = float((g[window[-1, 0]] - g[window[0, 0]]) / seconds)
+        if all(a[0] in g and b[0] in g for a, b in spans):
+            out["gradient_sps"] = float(sum(g[b[0]] - g[a[0]] for a, b in spans) / seconds)
     return out
 
 
 def wall_time(run: Run) -> float:
+    if run.attempts:  # resumed: each attempt's first to last event (the launcher timed the first attempt only)
+        walls = {}
+        for wall, attempt in run.attempts.items():
+            walls.setdefault(attempt, []).append(wall)
+        return float(sum(max(w) - min(w) for w in walls.values()))
     if "wall_time_s" in run.launch:
         return float(run.launch["wall_time_s"])
     walls = [w for a in run.scalars.values() for w in a[:, 1]]
@@ -373,6 +387,16 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"error: --output: give the report's folder; with {len(args.runs)} --runs folders there is no default")
     args.output = args.output or os.path.join(args.runs[0], "report")
     runs = [load_run(d) for d in run_dirs]
+    empty = [r.run_dir for r in runs if not any(len(a) for a in r.scalars.values())]
+    if empty:  # stopped before its first log (a failed launch): not a seed of anything
+        print(f"warning: left out {len(empty)} run(s) that logged nothing: {', '.join(empty)}", file=sys.stderr)
+        runs = [r for r in runs if r.run_dir not in empty]
+    if not runs:
+        sys.exit("error: --runs: no run logged anything")
+    unfinished = [r.run_dir for r in runs if not r.ledger]
+    if unfinished:  # still running, or stopped and not resumed: its numbers end at its last log
+        print(f"warning: {len(unfinished)} run(s) have not finished (no steps.json; their numbers end at their last "
+              f"log): {', '.join(unfinished)}", file=sys.stderr)  # fmt: skip
     os.makedirs(args.output, exist_ok=True)
     refs = load_references(args.references)
 
@@ -405,6 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "peak_rss_mb": run.launch.get("peak_rss_mb", float("nan")),
                 "peak_tree_rss_mb": run.launch.get("peak_tree_rss_mb", float("nan")),
                 "ledger": ledger_status(run),
+                "attempts": len(set(run.attempts.values())) or 1,
                 "run_dir": os.path.relpath(run.run_dir) if not os.path.relpath(run.run_dir).startswith("..") else run.run_dir,
             }
         )
@@ -523,7 +548,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"\nPolicy and gradient steps/s are global, {burn} to the last log, from the event wall times of `{SPS_TAG}` and "
         f"`{GRAD_TAG}`. Wall time: process start to exit (start-up and evaluation included) when a launcher manifest "
         "exists, else first to last event. Peak RSS: the largest summed resident memory of the run's process tree "
-        "(sampled every 0.5 s; all torchrun processes together), max over seeds. Ledger: steps.json actual = plan.\n"
+        "(sampled every 0.5 s; all torchrun processes together), max over seeds. Ledger: steps.json actual = plan. A "
+        "resumed run (one event file per attempt) counts each attempt's own time between its logs, and its wall time is "
+        "the sum of its attempts' first-to-last event times.\n"
     )
     with open(os.path.join(args.output, "returns.md"), "w") as f:
         f.write(returns_md)

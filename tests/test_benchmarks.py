@@ -182,6 +182,47 @@ def test_report_is_quiet_about_the_purge_of_a_resumed_run(tmp_path, caplog):
     assert run.scalars["charts/episodic_return"][:, 2].tolist() == [10, 20, 30, 40, -500, -600, -700, -800, -900, -1000]
 
 
+def test_a_resumed_run_counts_its_attempts_not_the_time_between(tmp_path):
+    """A run killed after its checkpoint at step 400 and resumed an hour later with a larger --total-steps: one event
+    file per attempt. Speed and wall time count each attempt's own span, and the config is the last attempt's."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = str(tmp_path / "runs" / "r")
+    table = "|param|value|\n|-|-|\n|exp_name|sac_continuous|\n|env_id|Pendulum-v1|\n|seed|1|\n|total_steps|{}|"
+    for total, purge, first_wall, steps, rate in ((600, None, 1000.0, (100, 600), 10), (800, 401, 5000.0, (500, 900), 20)):
+        writer = SummaryWriter(run_dir, purge_step=purge)
+        writer.add_text("hyperparameters", table.format(total), walltime=first_wall)
+        for step in range(*steps, 100):  # the first attempt logs up to step 500, beyond its last checkpoint (400)
+            wall = first_wall + (step - steps[0] + 100) / rate
+            writer.add_scalar("charts/SPS", 1.0, step, walltime=wall)
+            writer.add_scalar("charts/gradient_steps", 2 * step, step, walltime=wall)
+        writer.close()
+    run = report.load_run(run_dir)
+    assert run.config["total_steps"] == "800" and len(set(run.attempts.values())) == 2
+    assert [s for s, _, _ in run.scalars["charts/SPS"]] == [100, 200, 300, 400, 500, 600, 700, 800]  # 500 logged again
+    # attempt 1: 100 -> 400 in 30 s; attempt 2: 500 -> 800 in 15 s; not 400 -> 500, which spans the hour between them
+    assert report.speed(run)["policy_sps"] == pytest.approx(600 / 45)
+    assert report.speed(run)["gradient_sps"] == pytest.approx(1200 / 45)
+    assert report.wall_time(run) == pytest.approx(40 + 15)  # each attempt's first to last event (the first's to 500)
+
+
+def test_runs_that_logged_nothing_are_left_out_and_unfinished_ones_named(tmp_path, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = str(tmp_path / "bench")
+    write_run(root, "sac_continuous", "Pendulum-v1", 1, speed=20.0, return_scale=0.1, eval_return=1.0)
+    name = write_run(root, "sac_continuous", "Pendulum-v1", 2, speed=20.0, return_scale=0.1, eval_return=1.0)
+    os.remove(os.path.join(root, "runs", name, "steps.json"))  # stopped, not resumed
+    failed = SummaryWriter(os.path.join(root, "runs", "Pendulum-v1__sac_continuous__3__1700000000"))
+    failed.add_text("hyperparameters", "|param|value|\n|-|-|\n|seed|3|")  # killed before its first log
+    failed.close()
+    result = report.main(["--runs", root])
+    err = capsys.readouterr().err
+    assert "warning: left out 1 run(s) that logged nothing:" in err and "__3__" in err.split("left out")[1].splitlines()[0]
+    assert "warning: 1 run(s) have not finished (no steps.json; their numbers end at their last log):" in err
+    assert [r["seeds"] for r in result["returns"]] == [2]
+
+
 def test_band_mean_and_std_across_seeds():
     a = np.array([[0, 0, 0.0], [10, 0, 10.0]])
     b = np.array([[0, 0, 2.0], [10, 0, 12.0], [20, 0, 22.0]])
