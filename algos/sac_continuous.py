@@ -74,7 +74,8 @@ class Args:
     wandb_entity: str | None = None
     """the W&B entity (team)"""
     capture_video: bool = False
-    """if toggled, record the evaluation episodes to `runs/<run_name>/videos` (needs `pip install moviepy`)"""
+    """if toggled, record the evaluation episodes to `runs/<run_name>/videos` (needs `pip install moviepy`); with
+    `--track`, the first one goes to the W&B run as `videos/eval`"""
     run_name: str | None = None
     """fixes the run directory `runs/<run_name>` (default: `{env_id}__{exp_name}__{seed}__{unix time}`)"""
     checkpoint_every: Steps = 0
@@ -861,6 +862,11 @@ if __name__ == "__main__":
                     returns.append(ep_return)
                     lengths.append(length)
                 eval_env.close()
+                if args.capture_video and args.track:  # on the W&B run too, as CleanRL's monitor_gym does
+                    import wandb
+
+                    first = os.path.join(run_dir, "videos", "eval-episode-0.mp4")
+                    wandb.log({"videos/eval": wandb.Video(first, format="mp4"), "global_step": plan["policy_steps"]})
                 ledger["eval"] = {
                     "episodes": len(returns),
                     "mean_return": float(np.mean(returns)),
