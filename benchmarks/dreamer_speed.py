@@ -2,9 +2,10 @@
 observations, 1 process, 1 torch thread). The learning curves come from benchmarks/run.py (see algos/dreamer.md).
 
     python benchmarks/dreamer_speed.py --presets tiny size1m --steps 2   # writes benchmarks/results/dreamer_speed/
+    python benchmarks/dreamer_speed.py --presets tiny --steps 1 --out /tmp/dspeed   # a quick check elsewhere
 
-Runs go to runs/benchmarks/dreamer_speed/<unix time> (not committed); the tables (CSV + markdown) are committed.
-Everything offline.
+The tables (speed.csv, speed.md) go to --out (by default the committed benchmarks/results/dreamer_speed/); the runs
+and their logs to `<out>/runs/<unix time>/` (git ignores every `runs/` folder). Everything offline.
 """
 
 import argparse
@@ -17,6 +18,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import error_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "algos" / "dreamer.py"
@@ -39,14 +43,13 @@ def run(args: list[str], run_name: str, out: Path) -> tuple[dict, float]:
     with open(log, "w") as f:
         proc = subprocess.run([sys.executable, str(SCRIPT), *args, "--run-name", run_name], cwd=out, stdout=f, stderr=f)
     if proc.returncode != 0:
-        raise SystemExit(f"{run_name} failed; see {log}")
+        raise SystemExit(f"{run_name} failed; see {log}\n       {error_line(str(log))}")
     return json.loads((out / "runs" / run_name / "steps.json").read_text()), time.time() - start
 
 
-def speed(presets: list[str], steps: int) -> None:
-    out = ROOT / "runs" / "benchmarks" / "dreamer_speed" / str(int(time.time()))  # a new directory per call
-    res = RESULTS / "dreamer_speed"
-    out.mkdir(parents=True, exist_ok=True), res.mkdir(parents=True, exist_ok=True)
+def speed(presets: list[str], steps: int, res: Path) -> None:
+    out = res / "runs" / str(int(time.time()))  # a new directory per call
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for preset in presets:
         big = preset in ("size50m", "size100m", "size200m")
@@ -85,7 +88,14 @@ def speed(presets: list[str], steps: int) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["tiny", "size1m", "size12m", "size25m", "size50m", "size100m", "size200m"])
-    p.add_argument("--steps", type=int, default=3, help="gradient steps timed per preset")
+    p.add_argument("--presets", nargs="+", default=["tiny", "size1m", "size12m", "size25m", "size50m", "size100m", "size200m"],
+                   help="algos/dreamer.py's --size presets to time (default: all of them)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=3, help="gradient steps timed per preset, at least 1 (default: 3)")
+    p.add_argument("--out", default=str(RESULTS / "dreamer_speed"),
+                   help="where speed.csv and speed.md go, the runs in <out>/runs/ (default: the committed "
+                   "benchmarks/results/dreamer_speed/)")  # fmt: skip
     ns = p.parse_args()
-    speed(ns.presets, ns.steps)
+    if ns.steps < 1:  # the speed is time / steps
+        print(f"error: --steps: got {ns.steps}; it must be at least 1", file=sys.stderr)
+        sys.exit(2)
+    speed(ns.presets, ns.steps, Path(ns.out).resolve())

@@ -7,11 +7,15 @@
 #   python benchmarks/run.py --script algos/sac.py --env-ids Pendulum-v1 --seeds 1 2 3 --total-steps 20000
 #   python benchmarks/run.py --quick                       # the whole pipeline on tiny budgets, in about a minute
 #   python benchmarks/run.py --torchrun 2 ... -- --per-rank-batch-size 128   # flags after `--` go to the script
+import contextlib
+import dataclasses
+import difflib
 import json
 import os
 import platform
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -54,7 +58,8 @@ class Args:
     report_note: str | None = None
     """passed to the report as `--note` (e.g. how loaded the machine was)"""
     quick: bool = False
-    """smoke-test preset: Pendulum-v1 (CartPole-v1 for Dreamer), seeds 1 2, tiny budgets, 2 workers, then the report"""
+    """smoke-test preset: Pendulum-v1 (CartPole-v1 for Dreamer), seeds 1 2, tiny budgets, 2 workers, then the report
+    (flags given explicitly win over the preset)"""
     dry_run: bool = False
     """if toggled, print the commands and exit"""
 
@@ -143,31 +148,97 @@ def hardware() -> dict:
     }
 
 
-def tree_rss_kb(pid: int) -> int:
-    """Resident memory (kB) of `pid` and all its descendants, from /proc (Linux; 0 elsewhere)."""
-    total, todo = 0, [pid]
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants, from /proc (Linux; only `pid` elsewhere)."""
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
+        found.append(p)
         try:
-            with open(f"/proc/{p}/status") as f:
-                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
             for tid in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{tid}/children") as f:
                     todo += [int(c) for c in f.read().split()]
         except (OSError, ValueError):
             continue
+    return found
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory (kB) of `pid` and all its descendants, from /proc (Linux; 0 elsewhere)."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        except (OSError, ValueError):
+            continue
     return total
+
+
+# Stopping: every child starts in its own session, so a Ctrl-C at the terminal reaches the launcher alone, and the
+# launcher stops its children itself (stop_children) and records them. RUNNING: the children not yet reaped, by pid
+# (= their process group), each with the signal that stops it (None: the one the launcher got); STOP: that signal.
+RUNNING: dict[int, int | None] = {}
+STOP = {"signum": 0}
+CHILDREN = threading.RLock()  # reentrant: scaling.py starts its runs from the main thread, where the handler runs
+
+
+def start(cmd: list[str], stop_with: int | None = None, **popen) -> subprocess.Popen:
+    with CHILDREN:
+        proc = subprocess.Popen(cmd, start_new_session=True, **popen)
+        RUNNING[proc.pid] = stop_with
+        if STOP["signum"]:  # the launcher was stopped while this child started
+            os.killpg(proc.pid, stop_with or STOP["signum"])
+    return proc
+
+
+def reaped(pid: int) -> None:
+    with CHILDREN:
+        RUNNING.pop(pid, None)
+
+
+def stop_children(signum: int, frame=None) -> None:
+    """SIGINT/SIGTERM handler: start no more runs and pass the signal to the running ones' process groups (the scripts
+    close their event files and W&B, torchrun stops its workers); a second signal, or 60 s, kills what still runs."""
+    with CHILDREN:
+        first, STOP["signum"] = not STOP["signum"], STOP["signum"] or signum
+        for pid, stop_with in RUNNING.items():
+            if first:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, stop_with or signum)
+                continue
+            for p in tree_pids(pid):  # torchrun's workers lead sessions of their own: kill each process of the tree
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+    if first:
+        timer = threading.Timer(60, stop_children, (signal.SIGKILL,))
+        timer.daemon = True
+        timer.start()
+
+
+@contextlib.contextmanager
+def children_stopped_by_signals():
+    """While inside: SIGINT and SIGTERM stop the children (stop_children) instead of the launcher, which then ends
+    itself (exit 128 + STOP["signum"]) with the children recorded."""
+    STOP["signum"] = 0
+    previous = {s: signal.signal(s, stop_children) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def launch(cmd: list[str], cwd: str, env: dict, log_path: str) -> dict:
     """Run `cmd` to completion with stdout+stderr in `log_path`. Returns the exit code, wall time, the peak RSS of
-    its largest single process (exact, from wait4) and the peak summed RSS of its process tree (sampled each 0.5 s)."""
+    its largest single process (exact, from wait4) and the peak summed RSS of its process tree (sampled each 0.5 s);
+    and `interrupted` (the signal's name) when the launcher was stopped (stop_children) and the run did not succeed."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
-        start, load_start = time.time(), os.getloadavg()[0]
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        start_time, load_start = time.time(), os.getloadavg()[0]
+        proc = start(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         peak_tree, done = [0], threading.Event()
 
         def sample():
@@ -177,20 +248,46 @@ def launch(cmd: list[str], cwd: str, env: dict, log_path: str) -> dict:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this child (and its reaped descendants) alone
+        reaped(proc.pid)
         done.set()
         sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.time() - start
+        wall = time.time() - start_time
     # Linux reports ru_maxrss in kB, macOS in bytes
     peak = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    return {
+    result = {
         "returncode": proc.returncode,
         "wall_time_s": round(wall, 3),
         "peak_rss_mb": round(peak, 1),
         "peak_tree_rss_mb": round(max(peak_tree[0] / 1024, peak), 1),
-        "start_time": start,
+        "start_time": start_time,
         "loadavg_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # at start and at exit
     }
+    if STOP["signum"] and proc.returncode != 0:
+        result["interrupted"] = signal.Signals(STOP["signum"]).name
+    return result
+
+
+def error_line(log_path: str) -> str:
+    """Why a run failed, from its log: the script's own error line (or the line it printed when a signal stopped it,
+    rather than torchrun's traceback), else the message of tyro's box (an unknown or malformed flag; the box's last
+    line is its border), else the last line that is more than decoration."""
+    with open(log_path, errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    for prefixes in (("error:", "error ("), ("warning: SIGINT", "warning: SIGTERM")):
+        own = [line for line in lines if line.startswith(prefixes)]
+        if own:
+            return own[-1]
+    decoration = "│╭╮╰╯─=- "  # tyro's boxes and torchrun's summary
+    tops = [i for i, line in enumerate(lines) if line.startswith("╭")]
+    if tops and lines[-1].startswith("╰"):  # tyro's message: the box's first section, down to its first rule
+        message = []
+        for line in lines[tops[-1] + 1 :]:
+            if not line.strip(decoration):
+                break
+            message.append(line.strip("│ "))
+        return " ".join(message)
+    return next((line for line in reversed(lines) if line.strip(decoration)), "")
 
 
 def run_command(script: str, torchrun: int, flags: list[str]) -> list[str]:
@@ -222,15 +319,43 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def given_flags(argv: list[str]) -> set[str]:
+    """The flags typed in `argv`, as field names (`--env-ids` and `--env_ids=X` give `env_ids`): a preset changes only
+    the flags left out, even when a typed value equals the default."""
+    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+# torchrun's flags (and a shorthand) typed to the launcher: its flag for them
+TORCHRUN_FLAGS = {"--nproc": "--torchrun", "--nproc-per-node": "--torchrun", "--nproc_per_node": "--torchrun",
+                  "--nnodes": "--torchrun", "--standalone": "--torchrun"}  # fmt: skip
+
+
+def flag_hint(own: list[str]) -> str:
+    """The hint under tyro's error for an unknown launcher flag: the launcher flag it is close to, if any (difflib), else
+    where script flags go."""
+    names = ["--help"]
+    for f in dataclasses.fields(Args):
+        names += [f"--{f.name.replace('_', '-')}"] + ([f"--no-{f.name.replace('_', '-')}"] if f.type is bool else [])
+    for flag in (a.split("=", 1)[0] for a in own if a.startswith("--")):
+        close = difflib.get_close_matches(flag, names + list(TORCHRUN_FLAGS), n=1, cutoff=0.8)
+        if flag not in names and close:
+            return f"hint: {flag} is not a launcher flag; did you mean {TORCHRUN_FLAGS.get(close[0], close[0])}?"
+    return "hint: flags for the script go after `--`: python benchmarks/run.py ... -- --learning-starts 1000"
+
+
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
+    # SIGINT/SIGTERM stop the running runs (stop_children), which are recorded; then exit 128 + signum
+    with children_stopped_by_signals():
+        return run_all(sys.argv[1:] if argv is None else argv)
+
+
+def run_all(argv: list[str]) -> dict:
     own, extra = split_argv(argv)
     try:
         args = tyro.cli(Args, args=own, description="Launch a script over env ids x seeds and report the results.")
     except SystemExit as e:  # most often a script flag given to the launcher
         if e.code == 2 and "--" not in argv:
-            print("hint: flags for the script go after `--`: python benchmarks/run.py ... -- --learning-starts 1000",
-                  file=sys.stderr)  # fmt: skip
+            print(flag_hint(own), file=sys.stderr)
         raise
     for flag, own_flag in [("--env-id", "--env-ids"), ("--seed", "--seeds"), ("--run-name", "--out")]:
         if any(a == flag or a.startswith(flag + "=") for a in extra):  # every run would get the same one
@@ -240,12 +365,10 @@ def main(argv: list[str] | None = None) -> dict:
     flags = []
     if args.quick:
         preset = QUICK.get(stem, QUICK["dreamer" if "dreamer" in stem else "sac_continuous"])
-        if args.env_ids == Args.env_ids:
-            args.env_ids = preset["env_ids"]
-        if args.seeds == Args.seeds:
-            args.seeds = (1, 2)
-        if args.workers == Args.workers:
-            args.workers = 2
+        typed = given_flags(own)
+        for name, value in [("env_ids", preset["env_ids"]), ("seeds", (1, 2)), ("workers", 2)]:
+            if name not in typed:
+                setattr(args, name, value)
         flags += preset["flags"]
     if args.total_steps is not None:
         flags += ["--total-steps", args.total_steps]
@@ -284,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
                 }
             )
     if args.dry_run:
+        print(f"# {len(jobs)} run(s), {args.workers} at a time")
         for job in jobs:
             print(f"(cd {out} && WANDB_TAGS={tag} {job['command']})")
         return {}
@@ -304,16 +428,17 @@ def main(argv: list[str] | None = None) -> dict:
     lock = threading.Lock()
     print(f"{len(jobs)} run(s), {args.workers} at a time; output in {out}; WANDB_TAGS={tag}", flush=True)
 
-    def execute(job: dict) -> dict:
+    def execute(job: dict) -> dict | None:
+        if STOP["signum"]:  # the launcher was stopped before this run began
+            return None
         print(f"start  {job['run_name']}: {job['command']}", flush=True)
         result = launch(job["cmd"], out, env, os.path.join(out, job["log"]))
         record = {k: v for k, v in job.items() if k != "cmd"} | result
         status = "ok" if result["returncode"] == 0 else f"FAILED (exit {result['returncode']}, see {job['log']})"
-        print(f"finish {job['run_name']}: {status}, {result['wall_time_s']:.0f} s, {result['peak_tree_rss_mb']:.0f} MB")
-        if result["returncode"]:  # the script's own reason, from the end of its log
-            with open(os.path.join(out, job["log"]), errors="replace") as f:
-                lines = [line.strip() for line in f if line.strip()]
-            print("       " + next((line for line in reversed(lines) if line.startswith("error")), lines[-1] if lines else ""))
+        if "interrupted" not in result:  # a stopped launcher prints one line at the end
+            print(f"finish {job['run_name']}: {status}, {result['wall_time_s']:.0f} s, {result['peak_tree_rss_mb']:.0f} MB")
+        if result["returncode"] and "interrupted" not in result:  # the script's own reason, from its log
+            print("       " + error_line(os.path.join(out, job["log"])))
         with lock:
             manifest["runs"].append(record)
             manifest["runs"].sort(key=lambda r: (r["env_id"], r["seed"]))
@@ -321,11 +446,20 @@ def main(argv: list[str] | None = None) -> dict:
         return record
 
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        records = list(pool.map(execute, jobs))
+        records = [r for r in pool.map(execute, jobs) if r]
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     manifest["cpu_time_s"] = round(children.ru_utime + children.ru_stime, 1)
+    if STOP["signum"]:  # the runs that stopped carry `interrupted` in their entries
+        manifest["interrupted"] = signal.Signals(STOP["signum"]).name
+        started = {r["run_name"] for r in records}
+        manifest["not_started"] = [job["run_name"] for job in jobs if job["run_name"] not in started]
     write_json(manifest_path, manifest)
+    if STOP["signum"]:
+        stopped = sum("interrupted" in r for r in records)
+        print(f"run.py: {manifest['interrupted']}: stopped {stopped} running run(s); finished ones are in {out}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(128 + STOP["signum"])
 
     failed = [r for r in records if r["returncode"] != 0]
     if args.report and len(failed) == len(records):
@@ -343,7 +477,14 @@ def main(argv: list[str] | None = None) -> dict:
         cmd += ["--title", args.report_title] if args.report_title else []
         cmd += ["--note", args.report_note] if args.report_note else []
         print("$ " + shlex.join(cmd), flush=True)
-        if subprocess.run(cmd).returncode != 0:
+        proc = start(cmd, stop_with=signal.SIGTERM)  # SIGTERM: the report stops without a traceback
+        proc.wait()
+        reaped(proc.pid)
+        if STOP["signum"]:
+            print(f"run.py: {signal.Signals(STOP['signum']).name}: stopped the report; the runs are in {out}",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(128 + STOP["signum"])
+        if proc.returncode != 0:
             failed.append({"run_name": "report"})
     if failed:
         print(f"{len(failed)} failed: " + ", ".join(r["run_name"] for r in failed), file=sys.stderr)

@@ -3,8 +3,8 @@
     python benchmarks/sac_speed.py                       # about 15 minutes on 2 cores
     python benchmarks/sac_speed.py --compile             # also the --compile variant (a few minutes more)
 
-Writes `benchmarks/results/speed/sac_speed.{md,json}`. Three measurements, all at SAC's defaults on HalfCheetah-v5
-(obs 17, act 6, batch 256, 256-unit MLPs, one gradient step per policy step):
+Writes `<out>/sac_speed.{md,json}` (by default the committed `benchmarks/results/speed/`). Three measurements, all at
+SAC's defaults on HalfCheetah-v5 (obs 17, act 6, batch 256, 256-unit MLPs, one gradient step per policy step):
 1. Gradient step (micro): the CleanRL-equivalent update (two nn.Linear critics, torch.distributions, a second actor pass
    for alpha, `.item()` per step, default Adam) against steprl's (the script's `critic_loss` / `actor_alpha_loss`, fused
    Adam, the script's update order; float32, and --bf16), interleaved so that load on a shared machine hits all alike.
@@ -58,7 +58,8 @@ class Args:
     compile: bool = False
     """also measure `--compile` (torch.compile of the loss functions)"""
     out: str = str(ROOT / "benchmarks" / "results" / "speed")
-    """output directory"""
+    """output directory (default: the committed benchmarks/results/speed/); the CleanRL loops run in it (MuJoCo may
+    leave its MUJOCO_LOG.TXT there)"""
 
 
 def load_sac():
@@ -270,13 +271,13 @@ def cleanrl_loop_sps(loop_steps: int) -> float:
     return loop_steps / (time.perf_counter() - start)
 
 
-def cleanrl_loop_sps_subprocess(loop_steps: int, threads: int, keep_memory: bool) -> float:
-    """`cleanrl_loop_sps` in a fresh process, with glibc's default allocator behaviour unless `keep_memory`."""
+def cleanrl_loop_sps_subprocess(loop_steps: int, threads: int, keep_memory: bool, cwd: str) -> float:
+    """`cleanrl_loop_sps` in a fresh process in `cwd`, with glibc's default allocator behaviour unless `keep_memory`."""
     code = (f"import sys, torch; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import sac_speed; "
             f"torch.set_num_threads({threads}); "
             + ("from steprl.utils import keep_freed_memory; keep_freed_memory(); " if keep_memory else "")
             + f"print(sac_speed.cleanrl_loop_sps({loop_steps}))")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True)
     return float(proc.stdout.split()[-1])
 
 
@@ -342,7 +343,7 @@ def write_report(results: dict, args: Args) -> None:
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
     from steprl.utils import keep_freed_memory
 
     keep_freed_memory()  # as the scripts do (setup_distributed), for every update of the micro benchmark
@@ -358,8 +359,9 @@ if __name__ == "__main__":
             variants["steprl_compile"] = make_steprl_update(sac, True)
         r = {"floor": compute_floor(args.repeats), "update": time_updates(variants, args.grad_steps, args.repeats)}
         print(f"[{threads} thread(s)] training loops...", flush=True)
-        loops = {"cleanrl": partial(cleanrl_loop_sps_subprocess, args.loop_steps, threads, keep_memory=False),
-                 "cleanrl_keep_memory": partial(cleanrl_loop_sps_subprocess, args.loop_steps, threads, keep_memory=True),
+        os.makedirs(args.out, exist_ok=True)  # the CleanRL loops' working directory, not the caller's
+        loops = {"cleanrl": partial(cleanrl_loop_sps_subprocess, args.loop_steps, threads, False, args.out),
+                 "cleanrl_keep_memory": partial(cleanrl_loop_sps_subprocess, args.loop_steps, threads, True, args.out),
                  "steprl": partial(steprl_loop_sps, args.loop_steps, threads, []),
                  "steprl_bf16": partial(steprl_loop_sps, args.loop_steps, threads, ["--bf16"])}  # fmt: skip
         if args.compile:

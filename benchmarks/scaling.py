@@ -9,6 +9,7 @@
 #   python benchmarks/scaling.py --script algos/sac.py --env-id HalfCheetah-v5 --output benchmarks/results/sac_scaling
 import os
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -46,9 +47,9 @@ class Args:
     out: str | None = None
     """raw runs, logs and manifest (default: `runs/benchmarks/scaling__<script stem>__<unix time>`)"""
     output: str | None = None
-    """where scaling.md and scaling.csv go (default: benchmarks/results/scaling; with --quick, the --out directory)"""
+    """where scaling.md and scaling.csv go (default: `<out>/scaling`)"""
     quick: bool = False
-    """smoke-test preset: Pendulum-v1, T 400, L 200, B 64, logs every 50"""
+    """smoke-test preset: Pendulum-v1, T 400, L 200, B 64, logs every 50 (flags given explicitly win over the preset)"""
     note: str = ""
     """a sentence for scaling.md, e.g. how loaded the machine was"""
 
@@ -63,19 +64,28 @@ SCRIPT_FLAGS = {"sac_continuous": ["--eval-episodes", "0"]}  # script-specific f
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    argv = sys.argv[1:] if argv is None else argv
+    # SIGINT/SIGTERM stop the running torchrun (launcher.stop_children), which is recorded; then exit 128 + signum
+    with launcher.children_stopped_by_signals():
+        return measure(sys.argv[1:] if argv is None else argv)
+
+
+def measure(argv: list[str]) -> list[dict]:
     own, extra = launcher.split_argv(argv)
     args = tyro.cli(Args, args=own, description="Policy and gradient steps/s with 1 vs 2 torchrun processes.")
     if args.quick:
-        args.env_id, args.per_rank_steps, args.learning_starts = "Pendulum-v1", 400, 200
-        args.per_rank_batch_size, args.log_every = 64, 50
+        typed = launcher.given_flags(own)
+        preset = dict(env_id="Pendulum-v1", per_rank_steps=400, learning_starts=200, per_rank_batch_size=64, log_every=50)
+        for name, value in preset.items():
+            if name not in typed:
+                setattr(args, name, value)
     if args.per_rank_batch_size % 2:
         sys.exit(f"error: --per-rank-batch-size: got {args.per_rank_batch_size}; use an even number (the split run uses B/2)")
     script = launcher.resolve_script(args.script)
     stem = launcher.script_stem(script)
     out = os.path.abspath(args.out or os.path.join("runs", "benchmarks", f"scaling__{stem}__{int(time.time())}"))
-    args.output = args.output or (out if args.quick else "benchmarks/results/scaling")  # a smoke test leaves results/ alone
+    args.output = args.output or os.path.join(out, "scaling")
     os.makedirs(out, exist_ok=True)
+    print(f"runs in {out}; tables to {args.output}", flush=True)
     tag, version = launcher.code_version(script)
     env = dict(os.environ, WANDB_TAGS=tag, OMP_NUM_THREADS=str(args.torch_threads), PYTHONUNBUFFERED="1")
     manifest = {
@@ -102,12 +112,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ] + SCRIPT_FLAGS.get(stem, []) + extra  # fmt: skip
             cmd = launcher.run_command(script, n, flags)
             print(f"[{name}] {shlex.join(cmd)}", flush=True)
-            result = launcher.launch(cmd, out, env, os.path.join(out, "logs", run_name + ".log"))
+            log = os.path.join(out, "logs", run_name + ".log")
+            result = launcher.launch(cmd, out, env, log)
             record = {"config": name, "world_size": n, "run_name": run_name, "command": shlex.join(cmd)} | result
             manifest["runs"].append(record)
+            if launcher.STOP["signum"]:  # the run carries `interrupted` too
+                manifest["interrupted"] = signal.Signals(launcher.STOP["signum"]).name
             launcher.write_json(os.path.join(out, "manifest.json"), manifest)
-            if result["returncode"] != 0:
-                sys.exit(f"error: {name} failed (exit {result['returncode']}); see {out}/logs/{run_name}.log")
+            if launcher.STOP["signum"]:
+                print(f"scaling.py: {manifest['interrupted']}: stopped {name}; finished runs are in {out}", file=sys.stderr)
+                sys.exit(128 + launcher.STOP["signum"])
+            if result["returncode"] != 0:  # the script's own reason under the log's path, as run.py prints it
+                sys.exit(f"error: {name} failed (exit {result['returncode']}); see {log}\n       {launcher.error_line(log)}")
             data = report.load_run(os.path.join(out, "runs", run_name))
             s = report.speed(data)
             rows.append(
