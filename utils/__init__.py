@@ -69,8 +69,8 @@ def is_main_process() -> bool:
 
 def fail(flag: str, message: str) -> None:
     """Bad input: one clear line naming the flag and the fix, exit status 2, no traceback (every rank exits)."""
-    if is_main_process():  # "\n" in the text: one write per line (torchrun's workers run unbuffered, where print's end
-        print(f"error: {flag}: {message}\n", end="", file=sys.stderr, flush=True)  # is a 2nd write: ranks' lines ran together)
+    if is_main_process():  # "\n" in the text: one write per line (torchrun's workers run unbuffered: print's end is a 2nd)
+        print(f"error: {flag}: {message}\n", end="", file=sys.stderr, flush=True)
     else:  # most errors stop every rank alike: rank 0 prints, and torchrun stops this rank while it waits. One that lives
         # on meets an error of its own or its node's (a missing module): a node's first rank says so after 5 s, and
         # (if that one did not fail alike and stop the node) any other after 10 s
