@@ -380,6 +380,9 @@ def run_all(argv: list[str]) -> dict:
             sys.exit(f"error: {flag}: got {value}; it must be at least 1")
     if args.torchrun < 0:
         sys.exit(f"error: --torchrun: got {args.torchrun}; use 0 (plain python) or a number of processes")
+    for flag, values in [("--env-ids", args.env_ids), ("--seeds", args.seeds)]:
+        if len(set(values)) < len(values):  # two runs of one name: the second would find the first's directory taken
+            sys.exit(f"error: {flag}: {' '.join(map(str, values))} repeats a value; give each once")
 
     out = os.path.abspath(args.out or os.path.join("runs", "benchmarks", f"{stem}__{int(time.time())}"))
     tag, version = code_version(script)
@@ -409,12 +412,12 @@ def run_all(argv: list[str]) -> dict:
     if args.dry_run:
         print(f"# {len(jobs)} run(s), {args.workers} at a time")
         for job in jobs:
-            print(f"(cd {out} && WANDB_TAGS={tag} {job['command']})")
+            print(f"(cd {out} && WANDB_TAGS={tag} OMP_NUM_THREADS={args.torch_threads} {job['command']})")
         return {}
 
     os.makedirs(out, exist_ok=True)
     manifest = {
-        "command": shlex.join(["python", "benchmarks/run.py"] + argv),
+        "command": shlex.join(["python", short(os.path.abspath(__file__))] + argv),  # runnable from "cwd"
         "cwd": os.getcwd(),
         "git_describe": tag,
         "wandb_tags": tag,

@@ -200,3 +200,19 @@ def test_sac_speed_has_a_description_and_runs_the_cleanrl_loops_in_its_output_fo
     monkeypatch.setattr(sac_speed.subprocess, "run", fake_run)
     assert sac_speed.cleanrl_loop_sps_subprocess(10, 1, False, str(tmp_path)) == 12.5
     assert calls[0]["cwd"] == str(tmp_path)  # MuJoCo's MUJOCO_LOG.TXT lands there, not in the caller's directory
+
+
+def test_launcher_refuses_repeated_seeds_and_records_its_command_as_typed(tmp_path, capsys):
+    for flag, values in [("--seeds", ["1", "1"]), ("--env-ids", ["Pendulum-v1", "Pendulum-v1"])]:
+        with pytest.raises(SystemExit) as e:  # two runs of one name: the second found the first's directory taken
+            launcher.main(["--dry-run", flag, *values])
+        assert f"error: {flag}: {' '.join(values)} repeats a value; give each once" in str(e.value)
+    launcher.main(["--dry-run", "--env-ids", "Pendulum-v1", "--seeds", "1", "--torch-threads", "2"])
+    assert " OMP_NUM_THREADS=2 " in capsys.readouterr().out  # the launcher's environment, as the runs get it
+    script = tmp_path / "quick.py"
+    script.write_text("print('done')\n")
+    run_py = os.path.join(REPO, "benchmarks", "run.py")
+    argv = ["--script", str(script), "--seeds", "1", "--out", "o", "--no-report"]
+    subprocess.run([sys.executable, run_py, *argv], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["command"].startswith(f"python {run_py} --script ")  # absolute: the cwd is outside the repo
