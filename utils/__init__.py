@@ -388,18 +388,25 @@ TRACKING: list = []  # rank 0's open (writer, track): a run that stops early clo
 
 def close_tracking(writer, track: bool, exit_code: int = 0) -> None:
     TRACKING.clear()
-    writer.close()  # flushes
-    if track:
-        import wandb
+    try:
+        writer.close()  # flushes; raises on a full disk
+    finally:
+        if track:
+            import wandb
 
-        wandb.finish(exit_code=exit_code)  # offline, a run that skips it keeps none of its W&B data
+            wandb.finish(exit_code=exit_code)  # offline, a run that skips it keeps none of its W&B data
 
 
 def stop_tracking(code: int) -> None:
     """Before an early exit: close what is open, in a thread given 10 s (a signal may come while the main thread holds
-    the writer's lock)."""
+    the writer's lock). The exit's own line says what went wrong: a failing close (a full disk) adds no traceback."""
+
+    def close(writer, track):
+        with contextlib.suppress(Exception):
+            close_tracking(writer, track, code)
+
     if TRACKING:
-        closing = threading.Thread(target=close_tracking, args=(*TRACKING, code), daemon=True)
+        closing = threading.Thread(target=close, args=tuple(TRACKING), daemon=True)
         closing.start()
         closing.join(10)
 
