@@ -179,11 +179,13 @@ def tree_rss_kb(pid: int) -> int:
 # launcher stops its children itself (stop_children) and records them. RUNNING: the children not yet reaped, by pid
 # (= their process group), each with the signal that stops it (None: the one the launcher got); STOP: that signal.
 RUNNING: dict[int, int | None] = {}
-STOP = {"signum": 0}
+STOP: dict = {"signum": 0}
 CHILDREN = threading.RLock()  # reentrant: scaling.py starts its runs from the main thread, where the handler runs
 
 
 def start(cmd: list[str], stop_with: int | None = None, **popen) -> subprocess.Popen:
+    if stop_with is None and "torch.distributed.run" in cmd:  # torchrun passes the signal on to its workers, which
+        stop_with = signal.SIGINT  # close their event files and W&B on SIGINT but keep SIGTERM's default (sudden death)
     with CHILDREN:
         proc = subprocess.Popen(cmd, start_new_session=True, **popen)
         RUNNING[proc.pid] = stop_with
@@ -204,29 +206,32 @@ def stop_children(signum: int, frame=None) -> None:
         first, STOP["signum"] = not STOP["signum"], STOP["signum"] or signum
         for pid, stop_with in RUNNING.items():
             if first:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, stop_with or signum)
+                with contextlib.suppress(ProcessLookupError):  # a hang-up: the scripts stop cleanly on SIGTERM
+                    os.killpg(pid, stop_with or (signal.SIGTERM if signum == getattr(signal, "SIGHUP", 0) else signum))
                 continue
             for p in tree_pids(pid):  # torchrun's workers lead sessions of their own: kill each process of the tree
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p, signal.SIGKILL)
     if first:
-        timer = threading.Timer(60, stop_children, (signal.SIGKILL,))
-        timer.daemon = True
-        timer.start()
+        STOP["timer"] = threading.Timer(60, stop_children, (signal.SIGKILL,))
+        STOP["timer"].daemon = True
+        STOP["timer"].start()
 
 
 @contextlib.contextmanager
 def children_stopped_by_signals():
-    """While inside: SIGINT and SIGTERM stop the children (stop_children) instead of the launcher, which then ends
-    itself (exit 128 + STOP["signum"]) with the children recorded."""
+    """While inside: SIGINT, SIGTERM and SIGHUP stop the children (stop_children) instead of the launcher, which then
+    ends itself (exit 128 + STOP["signum"]) with the children recorded."""
     STOP["signum"] = 0
-    previous = {s: signal.signal(s, stop_children) for s in (signal.SIGINT, signal.SIGTERM)}
+    stoppers = [signal.SIGINT, signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")  # a closed terminal too
+    previous = {s: signal.signal(s, stop_children) for s in stoppers}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if STOP.get("timer"):  # a later call in this process must not meet the kill meant for this one's runs
+            STOP.pop("timer").cancel()
 
 
 def launch(cmd: list[str], cwd: str, env: dict, log_path: str) -> dict:

@@ -97,11 +97,11 @@ def kill_leftovers(pids: list[int]) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("signum, whole_group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+@pytest.mark.parametrize("signum, whole_group", [(signal.SIGTERM, False), (signal.SIGINT, True), (signal.SIGHUP, False)])
 def test_launcher_stops_and_records_its_runs_on_a_signal(tmp_path, signum, whole_group):
-    """`kill -TERM <launcher>`, or Ctrl-C at the terminal (SIGINT to the whole process group): the running runs stop,
-    the manifest records them (in a form report.py reads) and the run not started, and the launcher exits 128 + signum
-    with one line."""
+    """`kill -TERM <launcher>`, Ctrl-C at the terminal (SIGINT to the whole process group), or a closed terminal
+    (SIGHUP, which no longer reaches the runs, each in its own session): the running runs stop, the manifest records
+    them (in a form report.py reads) and the run not started, and the launcher exits 128 + signum with one line."""
     script, out = tmp_path / "sleeper.py", str(tmp_path / "out")
     script.write_text(SLEEPER)
     argv = ["--script", str(script), "--seeds", "1", "2", "3", "--workers", "2", "--out", out, "--no-report"]
@@ -216,3 +216,20 @@ def test_launcher_refuses_repeated_seeds_and_records_its_command_as_typed(tmp_pa
     subprocess.run([sys.executable, run_py, *argv], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["command"].startswith(f"python {run_py} --script ")  # absolute: the cwd is outside the repo
+
+
+def test_a_torchrun_run_is_stopped_with_sigint():
+    """torchrun passes the signal on to its workers, which close their event files and W&B on SIGINT only."""
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    with launcher.children_stopped_by_signals():
+        runs = [launcher.start(sleep), launcher.start(sleep + ["torch.distributed.run"])]
+        try:
+            assert [launcher.RUNNING[p.pid] for p in runs] == [None, signal.SIGINT]
+            launcher.stop_children(signal.SIGTERM)
+            assert [p.wait(timeout=30) for p in runs] == [-signal.SIGTERM, -signal.SIGINT]
+            assert launcher.STOP["timer"].is_alive()
+        finally:
+            for p in runs:
+                p.kill()
+                launcher.reaped(p.pid)
+    assert "timer" not in launcher.STOP  # cancelled: a later launch in this process is not killed 60 s on
