@@ -141,6 +141,9 @@ def measure(argv: list[str]) -> list[dict]:
                 }
             )
             print(f"[{name}] policy steps/s {s['policy_sps']:.1f}, gradient steps/s {s['gradient_sps']:.1f}", flush=True)
+    if launcher.STOP["signum"]:  # a stop while the last run's numbers were read: no tables, as at any other moment
+        print(f"scaling.py: {signal.Signals(launcher.STOP['signum']).name}: stopped; the runs are in {out}", file=sys.stderr)
+        sys.exit(128 + launcher.STOP["signum"])
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     launcher.write_json(os.path.join(out, "manifest.json"), manifest)
     write_tables(args, rows, manifest, stem)
