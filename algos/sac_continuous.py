@@ -843,9 +843,9 @@ if __name__ == "__main__":
                 render_mode = "rgb_array" if args.capture_video else None
                 eval_env = make_env(args.env_id, args.action_repeat, args.max_episode_steps, render_mode)()
                 limited = args.max_episode_steps is not None or getattr(eval_env.spec, "max_episode_steps", None) is not None
-                if args.capture_video:  # whole episodes; at most 1,000 frames of an unlimited one (frames stay in memory)
-                    eval_env = gym.wrappers.RecordVideo(eval_env, os.path.join(run_dir, "videos"), name_prefix="eval",
-                                                        video_length=0 if limited else 1000)  # fmt: skip
+                if args.capture_video:  # every episode, whole; at most 1,000 frames of an unlimited one (kept in memory)
+                    eval_env = gym.wrappers.RecordVideo(eval_env, os.path.join(run_dir, "videos"), lambda _: True,
+                                                        name_prefix="eval", video_length=0 if limited else 1000)  # fmt: skip
                 returns, lengths = [], []
                 for ep in range(args.eval_episodes):
                     eval_obs, _ = eval_env.reset(seed=args.seed + 1_000_000 + ep)
@@ -862,11 +862,6 @@ if __name__ == "__main__":
                     returns.append(ep_return)
                     lengths.append(length)
                 eval_env.close()
-                if args.capture_video and args.track:  # on the W&B run too, as CleanRL's monitor_gym does
-                    import wandb
-
-                    first = os.path.join(run_dir, "videos", "eval-episode-0.mp4")
-                    wandb.log({"videos/eval": wandb.Video(first, format="mp4"), "global_step": plan["policy_steps"]})
                 ledger["eval"] = {
                     "episodes": len(returns),
                     "mean_return": float(np.mean(returns)),
@@ -880,6 +875,14 @@ if __name__ == "__main__":
                     json.dump(ledger, f, indent=2)
             except Exception as e:  # training and its ledger are saved; report, exit 1, and let the other ranks finish
                 eval_error = f"evaluation failed ({type(e).__name__}: {e}); the training ledger is in steps.json"
+        if eval_error is None and args.eval_episodes > 0 and args.capture_video and args.track:  # as CleanRL's monitor_gym
+            import wandb
+
+            try:
+                video = wandb.Video(os.path.join(run_dir, "videos", "eval-episode-0.mp4"), format="mp4")
+                wandb.log({"videos/eval": video, "global_step": plan["policy_steps"]})
+            except Exception as e:  # the evaluation's numbers are in steps.json: a failed upload only warns
+                warn(f"--track: the evaluation video did not reach W&B ({type(e).__name__}: {e})")
         print(json.dumps(ledger, indent=2), flush=True)
         close_tracking(writer, args.track)
         if errors:

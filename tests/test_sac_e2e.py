@@ -274,15 +274,13 @@ def test_a_run_that_stops_early_keeps_what_it_logged_in_tensorboard_and_wandb(wo
     assert b"charts/env_steps" in data and data.count(b"global_step") >= len(steps), len(data)
 
 
-def test_capture_video_with_track_puts_the_evaluation_video_on_the_wandb_run(workdir):
+def test_capture_video_records_every_evaluation_episode_and_with_track_puts_the_first_on_wandb(workdir):
     env = script_env() | {"WANDB_MODE": "offline"}
     args = FAST + ["--env-id", "steprl_testenvs:Countdown-v0", "--total-steps", "100", "--learning-starts", "50",
-                   "--eval-episodes", "2", "--capture-video", "--track", "--run-name", "v"]  # fmt: skip
+                   "--eval-episodes", "3", "--capture-video", "--track", "--run-name", "v"]  # fmt: skip
     ok(run("sac.py", args, workdir, env=env))
-    assert sorted(p.name for p in (workdir / "runs" / "v" / "videos").glob("*.mp4")) == [
-        "eval-episode-0.mp4",
-        "eval-episode-1.mp4",
-    ]
+    videos = sorted(p.name for p in (workdir / "runs" / "v" / "videos").glob("*.mp4"))
+    assert videos == [f"eval-episode-{i}.mp4" for i in range(3)]  # every episode (gymnasium's default skips the third)
     (offline,) = (workdir / "runs" / "v" / "wandb").glob("offline-run-*")
     assert len(list((offline / "files" / "media" / "videos").rglob("*.mp4"))) == 1
     assert b"videos/eval" in next(offline.glob("run-*.wandb")).read_bytes()
