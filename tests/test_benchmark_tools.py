@@ -170,7 +170,10 @@ def test_scaling_quick_keeps_the_flags_given_and_prints_the_reason_of_a_failure(
 
 def test_dreamer_speed_out_flag_steps_check_and_failure_reason(tmp_path):
     tool = os.path.join(REPO, "benchmarks", "dreamer_speed.py")
-    run = lambda *a: subprocess.run([sys.executable, tool, *a], cwd=tmp_path, capture_output=True, text=True, timeout=120)  # noqa: E731
+
+    def run(*a):
+        return subprocess.run([sys.executable, tool, *a], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
     result = run("--steps", "0")
     assert (result.returncode, result.stderr) == (2, "error: --steps: got 0; it must be at least 1\n")
     out = tmp_path / "speed"
@@ -202,7 +205,7 @@ def test_sac_speed_has_a_description_and_runs_the_cleanrl_loops_in_its_output_fo
     assert calls[0]["cwd"] == str(tmp_path)  # MuJoCo's MUJOCO_LOG.TXT lands there, not in the caller's directory
 
 
-def test_launcher_refuses_repeated_seeds_and_records_its_command_as_typed(tmp_path, capsys):
+def test_launcher_refuses_repeated_seeds_and_records_a_command_runnable_from_its_cwd(tmp_path, capsys):
     for flag, values in [("--seeds", ["1", "1"]), ("--env-ids", ["Pendulum-v1", "Pendulum-v1"])]:
         with pytest.raises(SystemExit) as e:  # two runs of one name: the second found the first's directory taken
             launcher.main(["--dry-run", flag, *values])
@@ -213,7 +216,8 @@ def test_launcher_refuses_repeated_seeds_and_records_its_command_as_typed(tmp_pa
     script.write_text("print('done')\n")
     run_py = os.path.join(REPO, "benchmarks", "run.py")
     argv = ["--script", str(script), "--seeds", "1", "--out", "o", "--no-report"]
-    subprocess.run([sys.executable, run_py, *argv], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, run_py, *argv], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["command"].startswith(f"python {run_py} --script ")  # absolute: the cwd is outside the repo
 
