@@ -119,6 +119,18 @@ class HugeRewardEnv(CountdownEnv):
 
 
 gym.register("HugeReward-v0", entry_point=HugeRewardEnv)
+
+
+class RankOneFailsEnv(CountdownEnv):
+    """Countdown whose env on torchrun's rank 1 raises at its 100th env step (a bug of the env's own, on one rank)."""
+
+    def step(self, action):
+        if self.t == 99 and os.environ.get("RANK") == "1":
+            raise RuntimeError("rank 1's env broke")
+        return super().step(action)
+
+
+gym.register("RankOneFails-v0", entry_point=RankOneFailsEnv)
 gym.register("HugeBounds-v0", entry_point=lambda **kw: gym.wrappers.RescaleAction(CountdownEnv(**kw), -1e30, 1e30))
 
 

@@ -286,6 +286,16 @@ def test_capture_video_records_every_evaluation_episode_and_with_track_puts_the_
     assert b"videos/eval" in next(offline.glob("run-*.wandb")).read_bytes()
 
 
+def test_track_under_torchrun_keeps_the_one_line_of_a_rank_whose_peer_failed(workdir):
+    """wandb.init installs its own excepthook, which printed gloo's whole traceback on rank 0 before the script's one
+    line ("another process of this job stopped"); rank 1's env error keeps its traceback (a bug of the env's own)."""
+    env = script_env() | {"WANDB_MODE": "offline"}
+    args = FAST + ["--env-id", "steprl_testenvs:RankOneFails-v0", "--total-steps", "1000", "--learning-starts", "50"]
+    proc = run("sac.py", args + ["--track"], workdir, nproc=2, env=env, timeout=120)
+    assert proc.returncode != 0 and "RuntimeError: rank 1's env broke" in proc.stderr
+    assert "typically caused by a remote worker crashing" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_track_resume_continues_the_wandb_run_and_nothing_else_joins_it(workdir):
     env = script_env() | {"WANDB_MODE": "offline"}
     args = FAST + ["--learning-starts", "100", "--track", "--checkpoint-every", "200"]

@@ -48,9 +48,9 @@ def test_utils_holds_no_algorithm():
     # collective timeouts, the attempt numbering of torchrun restarts, the env API check with its scalar reward, the
     # interrupt handler's stop of --async-envs workers, its hint for checkpoints that cannot resume, the warning of a
     # resume that drops --checkpoint-every, the closing of TensorBoard and W&B before an early exit, quiet even on a full
-    # disk) took it to 648 (a known overrun, kept here as a ceiling so utils cannot quietly grow further; calls are not
-    # squeezed onto fewer lines)
-    assert len(text.splitlines()) < 649
+    # disk, the one-line exit under torchrun that wandb's excepthook hid) took it to 649 (a known overrun, kept here as a
+    # ceiling so utils cannot quietly grow further; calls are not squeezed onto fewer lines)
+    assert len(text.splitlines()) < 650
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):

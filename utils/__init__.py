@@ -375,6 +375,7 @@ def setup_tracking(args, run_name: str, run_dir: str, purge_step: int):
             dir=run_dir,
             save_code=True,
         )
+        sys.excepthook = lost_peer if TORCH_HOOK else sys.excepthook  # wandb's own hook printed a traceback before ours
         wandb.define_metric("*", step_metric="global_step")  # W&B's x-axis: global policy steps, as TensorBoard's
     writer = SummaryWriter(run_dir, purge_step=purge_step)
     TRACKING[:] = [writer, args.track]
