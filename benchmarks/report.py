@@ -285,7 +285,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def settings_table(groups: dict[tuple, list[Run]]) -> str:
     """The settings (the scripts' flags, as logged) whose values differ between the groups, or between one group's runs:
     what a comparison compares. A group's cell lists each value its runs used; "-" where a run did not log it."""
-    names = {key: f"{key[0]} on {key[1]}" + (f" ({key[2]} processes)" if key[2] != 1 else "") for key in sorted(groups)}
+    names = {key: f"{label(key)} on {key[1]}" for key in sorted(groups)}
     ignored = {"seed", "run_name", "resume", "exp_name", "env_id"}  # per run by design, or in the group's name
     keys = sorted({k for members in groups.values() for r in members for k in r.config} - ignored)
     values = {g: {k: sorted({str(r.config.get(k, "-")) for r in groups[g]}) for k in keys} for g in names}
