@@ -1457,11 +1457,13 @@ if __name__ == "__main__":
         errors = ledger_errors(plan, actual)
         if actual["stored_steps"] != actual["policy_steps"] + actual["episode_starts"]:
             errors.append(f"stored_steps: counted {actual['stored_steps']} != policy steps + episode starts")
+        # --- SHARED: ledger write ---
         eval_error = None if all(map(math.isfinite, actual["param_checksums"])) else (  # diverged after its last action
             "training diverged: the parameters are not finite after the last gradient step; lower the learning rates "
             "(no evaluation; the ledger is in steps.json)")  # fmt: skip
         with open(os.path.join(run_dir, "steps.json"), "w") as f:  # written before evaluation, which may fail
             json.dump(ledger, f, indent=2)
+        # --- END SHARED ---
 
         # evaluation: policy actions on rank 0, not counted in the ledger's training steps
         if args.eval_episodes > 0 and eval_error is None:
@@ -1486,6 +1488,7 @@ if __name__ == "__main__":
                              "no time limit); stopped there. Bound episodes with --max-episode-steps")  # fmt: skip
                     returns.append(ep_return)
                     lengths.append(length)
+                # --- SHARED: evaluation record ---
                 eval_env.close()
                 ledger["eval"] = {
                     "episodes": len(returns),
@@ -1500,6 +1503,8 @@ if __name__ == "__main__":
                     json.dump(ledger, f, indent=2)
             except Exception as e:  # training and its ledger are saved; report, exit 1, and let the other ranks finish
                 eval_error = f"evaluation failed ({type(e).__name__}: {e}); the training ledger is in steps.json"
+        # --- END SHARED ---
+        # --- SHARED: run end ---
         print(json.dumps(ledger, indent=2), flush=True)
         close_tracking(writer, args.track)
         if errors:
@@ -1507,3 +1512,4 @@ if __name__ == "__main__":
         if eval_error:
             print(f"error: {eval_error}", file=sys.stderr, flush=True)
     teardown(final_exit_code(1 if rank == 0 and (errors or eval_error) else 0, world_size))
+    # --- END SHARED ---

@@ -831,11 +831,13 @@ if __name__ == "__main__":
         }
         ledger = {"plan": plan, "actual": actual, "replay_ratio": str(args.replay_ratio), "action_repeat": args.action_repeat}
         errors = ledger_errors(plan, actual)
+        # --- SHARED: ledger write ---
         eval_error = None if all(map(math.isfinite, actual["param_checksums"])) else (  # diverged after its last action
             "training diverged: the parameters are not finite after the last gradient step; lower the learning rates "
             "(no evaluation; the ledger is in steps.json)")  # fmt: skip
         with open(os.path.join(run_dir, "steps.json"), "w") as f:  # written before evaluation, which may fail
             json.dump(ledger, f, indent=2)
+        # --- END SHARED ---
 
         # evaluation: deterministic actions on rank 0, not counted in the ledger's training steps
         if args.eval_episodes > 0 and eval_error is None:
@@ -861,6 +863,7 @@ if __name__ == "__main__":
                              "no time limit); stopped there. Bound episodes with --max-episode-steps")  # fmt: skip
                     returns.append(ep_return)
                     lengths.append(length)
+                # --- SHARED: evaluation record ---
                 eval_env.close()
                 ledger["eval"] = {
                     "episodes": len(returns),
@@ -875,6 +878,7 @@ if __name__ == "__main__":
                     json.dump(ledger, f, indent=2)
             except Exception as e:  # training and its ledger are saved; report, exit 1, and let the other ranks finish
                 eval_error = f"evaluation failed ({type(e).__name__}: {e}); the training ledger is in steps.json"
+        # --- END SHARED ---
         if eval_error is None and args.eval_episodes > 0 and args.capture_video and args.track:  # as CleanRL's monitor_gym
             import wandb
 
@@ -883,6 +887,7 @@ if __name__ == "__main__":
                 wandb.log({"videos/eval": video, "global_step": plan["policy_steps"]})
             except Exception as e:  # the evaluation's numbers are in steps.json: a failed upload only warns
                 warn(f"--track: the evaluation video did not reach W&B ({type(e).__name__}: {e})")
+        # --- SHARED: run end ---
         print(json.dumps(ledger, indent=2), flush=True)
         close_tracking(writer, args.track)
         if errors:
@@ -890,3 +895,4 @@ if __name__ == "__main__":
         if eval_error:
             print(f"error: {eval_error}", file=sys.stderr, flush=True)
     teardown(final_exit_code(1 if rank == 0 and (errors or eval_error) else 0, world_size))
+    # --- END SHARED ---
