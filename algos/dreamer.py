@@ -996,8 +996,8 @@ def validate(args: Args) -> None:
     act_dim = act_space.n if isinstance(act_space, gym.spaces.Discrete) else act_space.shape[0]
     stored = SequenceReplay.fields(env.observation_space, act_dim)
     if args.eval_episodes and args.max_episode_steps is None and getattr(env.spec, "max_episode_steps", None) is None:
-        warn(f"{args.env_id} has no time limit: each of the {args.eval_episodes} evaluation episodes at the end may run "
-             f"{EVAL_STEP_CAP} policy steps; bound them with --max-episode-steps")  # fmt: skip
+        warn(f"{args.env_id} has no time limit: each of the {args.eval_episodes} evaluation episodes at the end runs until "
+             f"the env ends it, for at most {EVAL_STEP_CAP} policy steps; bound them with --max-episode-steps")  # fmt: skip
     env.close()
     check_replay_fits(args.per_rank_buffer_size, sum(math.prod(shape) * dtype.itemsize for _, (shape, dtype) in stored))
 

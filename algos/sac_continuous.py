@@ -544,8 +544,8 @@ def validate(args: Args) -> None:
              "at that scale; wrap the env in gymnasium.wrappers.RescaleAction")  # fmt: skip
     unlimited = args.max_episode_steps is None and gym.spec(args.env_id.split(":")[-1]).max_episode_steps is None
     if args.eval_episodes and unlimited:
-        warn(f"{args.env_id} has no time limit: each of the {args.eval_episodes} evaluation episodes at the end may run "
-             f"{EVAL_STEP_CAP} policy steps; bound them with --max-episode-steps")  # fmt: skip
+        warn(f"{args.env_id} has no time limit: each of the {args.eval_episodes} evaluation episodes at the end runs until "
+             f"the env ends it, for at most {EVAL_STEP_CAP} policy steps; bound them with --max-episode-steps")  # fmt: skip
     step_bytes = 4 * (2 * gym.spaces.flatdim(obs_space) + space.shape[0] + 2)  # float32 obs, next_obs, action, reward, done
     check_replay_fits(args.per_rank_buffer_size, step_bytes, args.cuda)  # on the GPU with --cuda
     if args.capture_video:  # render one frame now rather than fail after training
