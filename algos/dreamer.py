@@ -1403,8 +1403,9 @@ if __name__ == "__main__":
             and iteration > R
             and policy_step // every > (policy_step - P) // every
         ):
-            for k, video in openloop_video(rb.sample(1, min(4, B), T)[0]).items():
-                write_video(k, video, policy_step)
+            with torch.random.fork_rng([device] if device.type == "cuda" else []):  # videos leave training's draws alone
+                for k, video in openloop_video(rb.sample(1, min(4, B), T)[0]).items():
+                    write_video(k, video, policy_step)
 
         # TRY NOT TO MODIFY: checkpoint at every multiple of --checkpoint-every global policy steps, and at the end
         every = args.checkpoint_every
