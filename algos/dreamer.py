@@ -63,7 +63,7 @@ from steprl.utils import (
 @dataclass
 class Args:
     exp_name: str = os.path.basename(os.path.realpath(__file__))[: -len(".py")]
-    """the name of this experiment (default: the script's real file stem, also when started through a symlink)"""
+    """the name of this experiment (the script's real file stem, also when started through a symlink)"""
     seed: int = 1
     """seed of the experiment; rank r's env i is first seeded `seed + r * num_envs + i` (a resume reseeds from the RNGs)"""
     torch_deterministic: bool = True
@@ -129,7 +129,7 @@ class Args:
     learning_rate: float = 4e-5
     """LaProp learning rate (one optimiser for world model, actor and critic)"""
     warmup: Steps = 1000
-    """gradient steps of linear learning-rate warm-up from 0"""
+    """per-rank gradient steps of linear learning-rate warm-up from 0"""
     agc: float = 0.3
     """adaptive gradient clipping: a parameter's gradient norm is clipped to agc x max(1e-3, its norm)"""
     adam_eps: float = 1e-20
@@ -147,7 +147,7 @@ class Args:
     actent: float = 3e-4
     """policy entropy bonus"""
     slow_critic_rate: float = 0.02
-    """EMA rate of the slow critic (updated after every gradient step)"""
+    """EMA rate of the slow critic (updated after every per-rank gradient step)"""
     free_nats: float = 1.0
     """free nats of the dynamics and representation losses (on the KL summed over the latents)"""
     dyn_scale: float = 1.0

@@ -74,8 +74,7 @@ class Args:
     wandb_entity: str | None = None
     """the W&B entity (team)"""
     capture_video: bool = False
-    """if toggled, record the evaluation episodes to `runs/<run_name>/videos` (needs `pip install moviepy`); with
-    `--track`, the first one goes to the W&B run as `videos/eval`"""
+    """if toggled, record the evaluation episodes to `runs/<run_name>/videos` (needs moviepy); --track uploads the first"""
     run_name: str | None = None
     """fixes the run directory `runs/<run_name>` (default: `{env_id}__{exp_name}__{seed}__{unix time}`)"""
     checkpoint_every: Steps = 0
@@ -113,9 +112,9 @@ class Args:
     per_rank_buffer_size: Steps = 1_000_000
     """replay buffer capacity in transitions, per rank"""
     gamma: float = 0.99
-    """the discount factor gamma"""
+    """the discount factor gamma, per policy step (one policy step is --action-repeat env steps)"""
     tau: float = 0.005
-    """target smoothing coefficient"""
+    """target smoothing coefficient, per target network update"""
     per_rank_batch_size: int = 256
     """samples per gradient step on one rank (global batch = world_size times this)"""
     learning_starts: Steps = 5_000
@@ -129,9 +128,9 @@ class Args:
     q_lr: float = 1e-3
     """the learning rate of the Q networks, and of the entropy temperature with --autotune (as CleanRL)"""
     policy_frequency: int = 2
-    """gradient steps between policy updates; each one does this many actor updates (delayed, as TD3)"""
+    """per-rank gradient steps between policy updates; each one does this many actor updates (delayed, as TD3)"""
     target_network_frequency: int = 1
-    """gradient steps between target network updates"""
+    """per-rank gradient steps between target network updates"""
     alpha: float = 0.2
     """entropy regularization coefficient, 0 or more (used with --no-autotune; autotuning starts at 1.0, as CleanRL)"""
     autotune: bool = True
