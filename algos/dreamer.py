@@ -1309,12 +1309,12 @@ if __name__ == "__main__":
 
     # TRY NOT TO MODIFY: start the loop
     metrics, last_return, train_seconds = {}, float("nan"), 0.0
-    start_time, start_step, last_print = time.time(), start_iteration * P, time.time()  # SPS excludes the random pre-fill
+    start_time, start_step, last_print = time.time(), start_iteration * P, time.time()  # SPS: from here, or from training
     wall_start, start_gradient_steps = time.time(), ratio.gradient_steps
     progress = tqdm(total=N * P, initial=start_iteration * P, unit="step", disable=None if rank == 0 else True)
     for iteration in range(start_iteration + 1, N + 1):
         policy_step = iteration * P  # global policy steps once this iteration's env step is done
-        if iteration == R + 1 and R > start_iteration:
+        if iteration == R + 1 and R > start_iteration:  # SPS leaves out the random pre-fill
             start_time, start_step = time.time(), (iteration - 1) * P
 
         # ALGO LOGIC: put action logic here

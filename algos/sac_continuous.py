@@ -726,14 +726,14 @@ if __name__ == "__main__":
 
     # TRY NOT TO MODIFY: start the loop
     metrics, last_return = {}, float("nan")
-    start_time, start_step, last_print = time.time(), start_iteration * P, time.time()  # SPS excludes the random pre-fill
+    start_time, start_step, last_print = time.time(), start_iteration * P, time.time()  # SPS: from here, or from training
     progress = tqdm(total=N * P, initial=start_iteration * P, unit="step", disable=None if rank == 0 else True)
     for iteration in range(start_iteration + 1, N + 1):
         policy_step = iteration * P  # global policy steps once this iteration's env step is done
+        if iteration == R + 1 and R > start_iteration:  # SPS leaves out the random pre-fill
+            start_time, start_step = time.time(), (iteration - 1) * P
 
         # ALGO LOGIC: put action logic here
-        if iteration == R + 1 and R > start_iteration:
-            start_time, start_step = time.time(), (iteration - 1) * P
         if iteration <= R:
             actions = action_rng.uniform(low, high, (m, act_dim)).astype(np.float32)
         else:
