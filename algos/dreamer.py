@@ -1332,12 +1332,14 @@ if __name__ == "__main__":
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(to_env_action(actions))
+        # --- SHARED: step counting ---
         done = terminations | truncations
         local_policy_steps += m
         local_env_steps += env_steps_taken(infos, done)
         for episodic_return, episodic_length in finished_episodes(infos, done):
             window[0], window[1], window[2] = window[0] + episodic_return, window[1] + episodic_length, window[2] + 1
             local_episodes += 1
+        # --- END SHARED ---
 
         # TRY NOT TO MODIFY: store one step per policy step; with same-step autoreset an ended episode's last obs is
         # in `final_obs` and the returned obs starts the next episode (stored as an extra is_first step)
@@ -1370,6 +1372,7 @@ if __name__ == "__main__":
             train_seconds += time.time() - train_start
         progress.update(P)
 
+        # --- SHARED: logging ---
         # TRY NOT TO MODIFY: log at every multiple of --log-every global policy steps (all ranks take part)
         if policy_step // args.log_every > (policy_step - P) // args.log_every or iteration == N:
             ep_sum, len_sum, eps, env_steps = all_sum(window + [local_env_steps], world_size)
@@ -1393,6 +1396,7 @@ if __name__ == "__main__":
             last_print = time.time()
             sps = (policy_step - start_step) / (last_print - start_time)
             print(f"policy_step={policy_step} SPS={int(sps)} episodic_return={last_return:.2f}", flush=True)
+        # --- END SHARED ---
 
         # ALGO LOGIC: real vs. imagined frames (rank 0, image observations)
         every = args.video_every
