@@ -437,16 +437,19 @@ class SequenceReplay:
         return [{k: v[j * batch_size : (j + 1) * batch_size] for k, v in flat.items()} for j in range(n)]
 
     def state_dict(self) -> dict:
+        # per env, a tensor over just its filled steps that shares their memory: torch.save of a slice would write the whole
+        # storage, and a copy would hold the replay twice in RAM during the save
         return {"pos": list(self.pos), "size": list(self.size), "added": self.added} | {
-            k: v if max(self.size) == self.capacity else v[:, : max(self.size)].clone() for k, v in self.data.items()
-        }  # a slice would save the whole storage, hence the copy; a full replay is saved as it is (no second copy in RAM)
+            k: [torch.from_numpy(v[i, : self.size[i]].numpy()) for i in range(self.num_envs)] for k, v in self.data.items()
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if max(state["size"]) > self.capacity:
             fail("--per-rank-buffer-size", f"the checkpoint holds {max(state['size'])} steps per env; use a larger buffer")
         self.pos, self.size, self.added = list(state["pos"]), list(state["size"]), state["added"]
         for k, v in self.data.items():
-            v[:, : state[k].shape[1]] = state[k]
+            for i, steps in enumerate(state[k]):  # one tensor per env (older checkpoints: one [num_envs, steps, ...] tensor)
+                v[i, : len(steps)] = steps
 
 
 # ALGO LOGIC: small free functions (danijar/dreamerv3 embodied/jax/nets.py and outs.py)

@@ -336,8 +336,10 @@ class ReplayBuffer:
         return [tuple(getattr(self, name).index_select(0, i) for name in self.fields) for i in idx]  # faster than [i]
 
     def state_dict(self) -> dict:
-        # a slice would save its whole storage, hence the copy; a full buffer on the CPU is saved as it is (no second copy)
-        fields = {k: getattr(self, k)[: self.size].to("cpu", copy=self.size < self.capacity) for k in self.fields}
+        # on the CPU, a tensor over just the filled rows that shares their memory: torch.save of a slice would write the
+        # whole storage, and a copy would hold the buffer twice in RAM during the save
+        filled = [getattr(self, k)[: self.size] for k in self.fields]
+        fields = {k: torch.from_numpy(t.numpy()) if t.device.type == "cpu" else t.cpu() for k, t in zip(self.fields, filled)}
         return {"pos": self.pos, "size": self.size} | fields
 
     def load_state_dict(self, state: dict) -> None:

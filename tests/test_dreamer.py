@@ -333,9 +333,12 @@ def test_replay_state_round_trip():
     assert other.pos == rb.pos and other.size == rb.size and other.added == rb.added
     n = max(rb.size)  # the stored steps (the rest of the storage is never written or read)
     assert all(torch.equal(other.data[k][:, :n], rb.data[k][:, :n]) for k in rb.data)
-    assert all(state[k].untyped_storage().nbytes() == rb.data[k][:, :n].nbytes for k in rb.data)  # only what is stored
-    fill(rb, 40)  # full: saved as it is, without a second copy of the whole replay in memory
-    assert all(rb.state_dict()[k].data_ptr() == rb.data[k].data_ptr() for k in rb.data)
+    for k in rb.data:  # per env, only what is stored, in the replay's own memory: no second copy of it in RAM
+        assert [(t.data_ptr(), t.untyped_storage().nbytes()) for t in state[k]] == [
+            (rb.data[k][i].data_ptr(), rb.data[k][i, : rb.size[i]].nbytes) for i in range(2)
+        ]
+    fill(rb, 40)  # full: saved as it is
+    assert all(rb.state_dict()[k][1].data_ptr() == rb.data[k][1].data_ptr() for k in rb.data)
 
 
 # ---------------------------------------------------------------- behaviour: actor-critic losses, slow critic, defaults

@@ -154,7 +154,9 @@ def test_replay_buffer_wraps_around_and_round_trips():
     assert rb.state_dict()["obs"].data_ptr() == rb.obs.data_ptr()  # full: saved as it is, no second copy in memory
     part = sac.ReplayBuffer(5, 2, 1, torch.device("cpu"))
     part.add(np.ones((2, 2)), np.ones((2, 2)), np.ones((2, 1)), np.ones(2), np.zeros(2))
-    assert part.state_dict()["obs"].untyped_storage().nbytes() == 2 * 2 * 4  # partly full: only the stored rows
+    state = part.state_dict()  # partly full: only the stored rows, in the buffer's own memory (no second copy in RAM)
+    assert all(state[k].untyped_storage().nbytes() == getattr(part, k)[:2].nbytes for k in part.fields)
+    assert all(state[k].data_ptr() == getattr(part, k).data_ptr() for k in part.fields)
     batches = rb.sample(3, 4)
     assert len(batches) == 3 and batches[0][0].shape == (4, 2)
     assert torch.equal(batches[0][1], batches[0][0] + 0.5)  # rows stay aligned across fields
