@@ -545,6 +545,7 @@ def test_resume_rejects_changed_settings_and_a_passed_budget(workdir):
     cmd = [sys.executable, str(workdir / "sac_myidea.py"), *args, "--total-steps", "400", "--resume", "yes"]
     copy = subprocess.run(cmd, cwd=workdir, env=script_env(), capture_output=True, text=True, timeout=60)
     assert copy.returncode == 2 and "--exp-name sac_continuous (checkpoint) vs sac_myidea (now)" in copy.stderr
+    assert "another experiment's run cannot be continued: give this one its own --run-name" in copy.stderr  # not "its flags"
     passed = run("sac.py", args + ["--total-steps", "100", "--resume", "yes"], workdir, timeout=60)
     assert passed.returncode == 2 and "is past 100 policy steps" in passed.stderr
     assert (workdir / "runs" / "r" / "steps.json").read_text() == before

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 from conftest import ALGOS, ROOT
 
 BLOCK = re.compile(r"# --- SHARED: (.+?) ---\n(.*?)# --- END SHARED ---", re.DOTALL)
@@ -53,9 +54,11 @@ def test_utils_holds_no_algorithm():
     # collective timeouts, the attempt numbering of torchrun restarts, the env API check with its scalar reward, the
     # interrupt handler's stop of --async-envs workers, its hint for checkpoints that cannot resume, the warning of a
     # resume that drops --checkpoint-every, the closing of TensorBoard and W&B before an early exit, quiet even on a full
-    # disk, the one-line exit under torchrun that wandb's excepthook hid) took it to 649 (a known overrun, kept here as a
-    # ceiling so utils cannot quietly grow further; calls are not squeezed onto fewer lines)
-    assert len(text.splitlines()) < 650
+    # disk, the one-line exit under torchrun that wandb's excepthook hid, the removal of killed checkpoint writes, the
+    # notice of a large one, the hints for a copied script's resume and for torchrun restarts without --resume auto) took
+    # it to 658 (a known overrun, kept here as a ceiling so utils cannot quietly grow further; calls are not squeezed
+    # onto fewer lines)
+    assert len(text.splitlines()) < 659
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
@@ -65,6 +68,29 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, mon
     names = [utils.resolve_run_name(None, "Pendulum-v1__sac__1", str(tmp_path), 1, "no") for _ in range(3)]
     assert names == [f"Pendulum-v1__sac__1__1800000000{suffix}" for suffix in ("", "-2", "-3")]
     assert sorted(p.name for p in tmp_path.iterdir()) == names  # each one made, so no later process can take it
+
+
+def test_max_restarts_without_resume_auto_warns_at_the_start(tmp_path, monkeypatch, capsys):
+    from steprl import utils
+
+    monkeypatch.setattr(utils, "RUN_LOCK", [])
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    for resume in ("no", "auto"):
+        utils.resolve_run_name(None, f"Pendulum-v1__sac__{resume}", str(tmp_path), 1, resume)
+        said = "--resume no: torchrun restarts failed workers (2 times), but a restart cannot continue this run"
+        assert (said in capsys.readouterr().err) == (resume == "no")
+
+
+def test_a_checkpoint_write_removes_what_a_killed_write_left_and_names_a_large_one(tmp_path, capsys):
+    from steprl import utils
+
+    (tmp_path / "step_000000000050.tmp").mkdir()  # a write killed midway (its rank files, no rename)
+    (tmp_path / "step_000000000050.tmp" / "rank0.pt.part").write_text("partial")
+    utils.save_checkpoint(str(tmp_path), 60, {"iteration": 1}, {"buffer": [torch.zeros(4)]}, 0, 1, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000000060"] and capsys.readouterr().out == ""
+    large = torch.zeros(1).expand(2**28 + 2**26)  # 1.25 GiB to the size count, 4 bytes to store
+    utils.save_checkpoint(str(tmp_path), 70, {"iteration": 2}, {"buffer": [large]}, 0, 1, 2)
+    assert f"checkpoint: writing 1.2 GiB per rank to {tmp_path}/step_000000000070.tmp ..." in capsys.readouterr().out
 
 
 def test_a_resumed_writer_hides_the_steps_an_earlier_attempt_logged_after_the_checkpoint(tmp_path):

@@ -306,7 +306,10 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
     prefix = prefix.replace("/", "-").replace(":", "-")
     elastic_id, again = os.environ.get("TORCHELASTIC_RUN_ID"), restarted()
     if is_main_process():
-        created = False
+        created, restarts = False, int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+        if restarts and resume == "no":  # said at every attempt's start, before any step is lost
+            warn(f"--resume no: torchrun restarts failed workers ({restarts} times), but a restart cannot continue this run "
+                 "from its checkpoints; give --resume auto and --checkpoint-every N")  # fmt: skip
         if run_name is None and elastic_id not in (None, "none") and again and resume != "no":
             marker = lambda d: os.path.join(runs_root, d, "torchelastic_run_id")  # noqa: E731
             dirs = [d for d in os.listdir(runs_root) if d.startswith(prefix + "__")] if os.path.isdir(runs_root) else []
@@ -517,7 +520,9 @@ def check_resume_args(saved: dict, args, flags: list[str]) -> None:
     now = config_dict(args)
     diff = [f"--{k.replace('_', '-')} {saved.get(k)} (checkpoint) vs {now[k]} (now)" for k in flags if saved.get(k) != now[k]]
     if diff:
-        fail("--resume", "the checkpoint's run used other settings: " + "; ".join(diff) + ". Resume with its flags")
+        same_script = saved.get("exp_name") == now["exp_name"]  # another --exp-name: another script's run (a copy's)
+        fail("--resume", "the checkpoint's run used other settings: " + "; ".join(diff) + (". Resume with its flags" if
+             same_script else "; another experiment's run cannot be continued: give this one its own --run-name"))  # fmt: skip
     if (every := saved.get("checkpoint_every")) and not now["checkpoint_every"]:  # 0: the default, or left out
         warn(f"--checkpoint-every: not given, so this resumed run writes no checkpoints (its run wrote one every {every} "
              f"policy steps); pass `--checkpoint-every {every}` to keep them")  # fmt: skip
@@ -530,6 +535,9 @@ def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, 
     final = os.path.join(root, f"step_{step:012d}")
     tmp = final + ".tmp"
     files = {f"rank{rank}.pt": local} | ({"shared.pt": shared} if rank == 0 else {})
+    size = sum(t.nbytes for t in torch.utils._pytree.tree_leaves(local) if isinstance(t, torch.Tensor))  # mostly replay
+    if rank == 0 and size > 2**30:  # a pause of seconds to minutes: say what it is
+        print(f"checkpoint: writing {size / 2**30:.1f} GiB per rank to {tmp} ...", flush=True)
     try:
         os.makedirs(tmp, exist_ok=True)
         for name, state in files.items():
@@ -553,7 +561,8 @@ def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, 
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in list_checkpoints(root)[:-keep]:
+        stale = [os.path.join(root, d) for d in os.listdir(root) if d.endswith(".tmp")]  # writes a kill interrupted
+        for old in list_checkpoints(root)[:-keep] + stale:
             shutil.rmtree(old, ignore_errors=True)
     if world_size > 1:
         dist.barrier()
