@@ -495,8 +495,8 @@ def validate(args: Args) -> None:
         fail("--seed", f"got {args.seed}; it must be below 2**31 (NumPy's seeds are 32-bit, and each rank adds its rank)")
     if args.max_episode_steps is not None and args.max_episode_steps < 1:
         fail("--max-episode-steps", f"got {args.max_episode_steps}; give a positive number of policy steps, or omit it")
-    if args.replay_ratio < 0:
-        fail("--replay-ratio", f"got {args.replay_ratio}; use 0 (never train) or a positive ratio such as 1 or 1/4")
+    if not 0 <= args.replay_ratio <= 10_000:  # gradient steps per policy step
+        fail("--replay-ratio", f"got {args.replay_ratio}; use 0 (never train) or a positive ratio up to 10000, such as 1/4")
     for flag, value in [("--gamma", args.gamma), ("--tau", args.tau)]:
         if not 0 < value <= 1:
             fail(flag, f"got {value}; it must be in (0, 1]")

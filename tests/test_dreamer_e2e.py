@@ -233,6 +233,7 @@ BAD = [
     (["--per-rank-sequence-length", "1"], "--per-rank-sequence-length"),
     (["--image-size", "48"], "--image-size"),
     (["--replay-ratio", "-1"], "--replay-ratio"),
+    (["--replay-ratio", "1e400"], "0" * 400 + "; use 0 (never train) or a positive ratio up to 10000"),  # not a traceback
     (["--lam", "1.5"], "--lam"),
     (["--per-rank-buffer-size", "10"], "--per-rank-buffer-size"),
     (["--env-id", "CartPol-v1"], "CartPole-v1"),
