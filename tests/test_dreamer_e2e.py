@@ -200,7 +200,8 @@ def stored_sequence(workdir, name: str) -> dict:
     ckpts = sorted((workdir / "runs" / name / "checkpoints").iterdir())
     buf = torch.load(ckpts[-1] / "rank0.pt", weights_only=True)["buffer"]
     assert buf["pos"] == buf["size"]  # nothing overwritten yet: index = time
-    return {k: v.numpy() for k, v in buf.items() if isinstance(v, torch.Tensor)} | {"size": buf["size"]}
+    steps = {k: v for k, v in buf.items() if k not in ("pos", "size", "added")}  # one tensor per env: stacked [env, t]
+    return {k: np.stack([t.numpy() for t in v]) for k, v in steps.items()} | {"size": buf["size"]}
 
 
 def test_replay_stores_the_action_executed_before_each_obs_and_episode_flags(workdir):

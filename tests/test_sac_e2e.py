@@ -149,7 +149,7 @@ def test_kill_after_checkpoint_then_resume_gives_same_counters(workdir):
     assert not (workdir / "runs" / "cut" / "steps.json").exists(), "the run finished before it was killed"
 
     resumed = ok(run("sac.py", args + ["--run-name", "cut", "--resume", "yes"], workdir))
-    assert "resumed from" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "settings differ" not in resumed.stderr  # the same flags: nothing said
     assert counters(ledger(workdir, "cut")) == counters(full)
     assert len(list(ckpts.iterdir())) == 2  # --keep-checkpoints 2 (default)
 
@@ -545,7 +545,7 @@ def test_resume_rejects_changed_settings_and_a_passed_budget(workdir):
     cmd = [sys.executable, str(workdir / "sac_myidea.py"), *args, "--total-steps", "400", "--resume", "yes"]
     copy = subprocess.run(cmd, cwd=workdir, env=script_env(), capture_output=True, text=True, timeout=60)
     assert copy.returncode == 2 and "--exp-name sac_continuous (checkpoint) vs sac_myidea (now)" in copy.stderr
-    assert "another experiment's run cannot be continued: give this one its own --run-name" in copy.stderr  # not "its flags"
+    assert "Resume with `--exp-name sac_continuous`, or give a copy of its script its own --run-name" in copy.stderr
     passed = run("sac.py", args + ["--total-steps", "100", "--resume", "yes"], workdir, timeout=60)
     assert passed.returncode == 2 and "is past 100 policy steps" in passed.stderr
     assert (workdir / "runs" / "r" / "steps.json").read_text() == before
@@ -559,8 +559,10 @@ def test_resume_rejects_changed_settings_and_a_passed_budget(workdir):
     assert stale.returncode == 2 and "Traceback" not in stale.stderr
     assert "--resume: the checkpoint's 'actor' does not fit (Error(s) in loading state_dict for Actor:" in stale.stderr
     torch.save(saved, ckpt / "shared.pt")
-    longer = ok(run("sac.py", args + ["--total-steps", "400", "--resume", "yes"], workdir))  # a larger budget continues
+    longer = ok(run("sac.py", args + ["--total-steps", "400", "--resume", "yes", "--tau", "0.01"], workdir))  # continues
     assert "resumed from" in longer.stdout
+    changed = "--resume: these settings differ from the checkpoint's run and apply from here on: --total-steps 200 -> 400;"
+    assert f"{changed} --tau 0.005 -> 0.01\n" in longer.stderr  # a flag that may change: said, not refused
     check_ledger_equals_plan(ledger(workdir, "r"))
     assert ledger(workdir, "r")["actual"]["policy_steps"] == 400
     unsaved = ok(run("sac.py", FAST + ["--learning-starts", "100", "--run-name", "r", "--total-steps", "600", "--resume",

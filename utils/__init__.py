@@ -308,8 +308,8 @@ def resolve_run_name(run_name: str | None, prefix: str, runs_root: str, world_si
     if is_main_process():
         created, restarts = False, int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
         if restarts and resume == "no":  # said at every attempt's start, before any step is lost
-            warn(f"--resume no: torchrun restarts failed workers ({restarts} times), but a restart cannot continue this run "
-                 "from its checkpoints; give --resume auto and --checkpoint-every N")  # fmt: skip
+            warn(f"--resume no: torchrun restarts failed workers (up to {restarts} times), but a restart cannot continue this "
+                 "run from its checkpoints; give --resume auto and --checkpoint-every N")  # fmt: skip
         if run_name is None and elastic_id not in (None, "none") and again and resume != "no":
             marker = lambda d: os.path.join(runs_root, d, "torchelastic_run_id")  # noqa: E731
             dirs = [d for d in os.listdir(runs_root) if d.startswith(prefix + "__")] if os.path.isdir(runs_root) else []
@@ -520,9 +520,12 @@ def check_resume_args(saved: dict, args, flags: list[str]) -> None:
     now = config_dict(args)
     diff = [f"--{k.replace('_', '-')} {saved.get(k)} (checkpoint) vs {now[k]} (now)" for k in flags if saved.get(k) != now[k]]
     if diff:
-        same_script = saved.get("exp_name") == now["exp_name"]  # another --exp-name: another script's run (a copy's)
-        fail("--resume", "the checkpoint's run used other settings: " + "; ".join(diff) + (". Resume with its flags" if
-             same_script else "; another experiment's run cannot be continued: give this one its own --run-name"))  # fmt: skip
+        fix = "Resume with its flags" if saved.get("exp_name") == now["exp_name"] else (  # often a copy of the script
+            f"Resume with `--exp-name {saved.get('exp_name')}`, or give a copy of its script its own --run-name")  # fmt: skip
+        fail("--resume", "the checkpoint's run used other settings: " + "; ".join(diff) + ". " + fix)
+    other = [f"--{k.replace('_', '-')} {saved[k]} -> {now[k]}" for k in now if k in saved and saved[k] != now[k]]
+    if other := [o for o in other if not o.startswith(("--resume ", "--checkpoint-every "))]:  # a slip shows here
+        warn("--resume: these settings differ from the checkpoint's run and apply from here on: " + "; ".join(other))
     if (every := saved.get("checkpoint_every")) and not now["checkpoint_every"]:  # 0: the default, or left out
         warn(f"--checkpoint-every: not given, so this resumed run writes no checkpoints (its run wrote one every {every} "
              f"policy steps); pass `--checkpoint-every {every}` to keep them")  # fmt: skip
@@ -535,9 +538,9 @@ def save_checkpoint(root: str, step: int, shared: dict, local: dict, rank: int, 
     final = os.path.join(root, f"step_{step:012d}")
     tmp = final + ".tmp"
     files = {f"rank{rank}.pt": local} | ({"shared.pt": shared} if rank == 0 else {})
-    size = sum(t.nbytes for t in torch.utils._pytree.tree_leaves(local) if isinstance(t, torch.Tensor))  # mostly replay
-    if rank == 0 and size > 2**30:  # a pause of seconds to minutes: say what it is
-        print(f"checkpoint: writing {size / 2**30:.1f} GiB per rank to {tmp} ...", flush=True)
+    size = sum(t.nbytes for t in torch.utils._pytree.tree_leaves(list(files.values())) if isinstance(t, torch.Tensor))
+    if rank == 0 and size > 2**30:  # a pause of seconds to minutes (mostly replay): say what it is
+        print(f"checkpoint: writing {size / 2**30:.1f} GiB (rank 0's share) to {tmp} ...", flush=True)
     try:
         os.makedirs(tmp, exist_ok=True)
         for name, state in files.items():
