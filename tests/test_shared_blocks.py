@@ -226,3 +226,15 @@ def test_an_early_exit_closes_tracking_quietly_even_when_the_close_fails():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout == "closing\nexited []\n" and proc.stderr == "", proc.stderr
+
+
+def test_a_resume_names_the_changed_settings_that_may_change(capsys):
+    from types import SimpleNamespace
+
+    from steprl import utils
+
+    saved = {"exp_name": "sac", "run_name": None, "resume": "no", "tau": 0.005, "total_steps": 200, "seed": 1}
+    now = SimpleNamespace(**saved | {"run_name": "r", "resume": "yes", "tau": 0.01, "total_steps": 400})
+    utils.check_resume_args(saved, now, ["seed"])
+    said = "--resume: these settings differ from the checkpoint's run and apply from here on: --tau 0.005 -> 0.01; "
+    assert capsys.readouterr().err == f"warning: {said}--total-steps 200 -> 400\n"  # not the run name a resume names

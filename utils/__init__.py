@@ -524,7 +524,7 @@ def check_resume_args(saved: dict, args, flags: list[str]) -> None:
             f"Resume with `--exp-name {saved.get('exp_name')}`, or give a copy of its script its own --run-name")  # fmt: skip
         fail("--resume", "the checkpoint's run used other settings: " + "; ".join(diff) + ". " + fix)
     other = [f"--{k.replace('_', '-')} {saved[k]} -> {now[k]}" for k in now if k in saved and saved[k] != now[k]]
-    if other := [o for o in other if not o.startswith(("--resume ", "--checkpoint-every "))]:  # a slip shows here
+    if other := [o for o in other if not o.startswith(("--resume ", "--checkpoint-every ", "--run-name "))]:  # a slip shows
         warn("--resume: these settings differ from the checkpoint's run and apply from here on: " + "; ".join(other))
     if (every := saved.get("checkpoint_every")) and not now["checkpoint_every"]:  # 0: the default, or left out
         warn(f"--checkpoint-every: not given, so this resumed run writes no checkpoints (its run wrote one every {every} "
